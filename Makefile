@@ -1,0 +1,65 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is a step they use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TRITON_VENV := .venv-triton
+# Lock file: exact versions, so that `make proto` output is byte-identical on every machine.
+CONSTRAINTS := requirements/constraints.txt
+PROTOS := $(wildcard proto/lva/v1/*.proto)
+
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean bench
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+# Triton's Python backend stub needs numpy<2 and ignores PYTHONPATH: it runs the `python3`
+# first on PATH, so Triton gets an environment of its own (see docs/triton.md).
+triton-env: $(TRITON_VENV)/.installed
+$(TRITON_VENV)/.installed: requirements/triton.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --no-deps nvidia-pytriton==0.7.0
+	$(TRITON_VENV)/bin/python -m pip install -q -r requirements/triton.txt
+	touch $@
+
+# Generated code lives in lva/ (the proto package lva.v1 becomes the Python package lva.v1).
+proto: $(VENV)/.installed
+	rm -rf lva && mkdir -p lva/v1
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I proto \
+	  -I $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	printf '"""Generated from proto/ by `make proto`. Do not edit by hand."""\n' > lva/__init__.py
+	cp lva/__init__.py lva/v1/__init__.py
+	touch lva/py.typed
+
+# CI fails when the committed generated code does not match the protos.
+proto-check: proto
+	git diff --exit-code --stat -- lva || (echo "generated code in lva/ is stale: run make proto and commit" && exit 1)
+	test -z "$$(git status --porcelain -- lva)" || (git status --porcelain -- lva; echo "untracked generated files: run make proto and commit"; exit 1)
+
+buf-breaking: $(VENV)/.installed
+	@if git rev-parse --verify -q main >/dev/null; then \
+	  $(VENV)/bin/buf breaking --against '.git#branch=main'; \
+	else echo "no main branch to compare against"; fi
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -q -b html -W --keep-going docs docs/_build/html
+
+test: $(VENV)/.installed triton-env docs
+	$(PY) -m pytest -ra
+
+run: $(VENV)/.installed triton-env docs
+	$(PY) -m lva_core.stack
+
+clean:
+	rm -rf docs/_build .pytest_cache .mypy_cache .ruff_cache
