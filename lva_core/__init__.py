@@ -1,0 +1,1 @@
+"""The gRPC core: streams, decoding, batched inference on Triton, analytics and events."""

@@ -1,0 +1,129 @@
+"""Effective configuration: defaults, then a YAML file, then ``LVA_*`` environment overrides.
+
+Environment overrides name a path with double underscores: ``LVA_TRITON__URL=host:8001`` sets
+``triton.url``. Values are parsed as YAML, so ``LVA_FACADE__PORT=6000`` is an int and
+``LVA_TRITON__MODELS='{a: b}'`` a mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+ENV_PREFIX = "LVA_"
+CONFIG_ENV = "LVA_CONFIG"
+MASK = "***"
+
+DEFAULTS: dict[str, Any] = {
+    "core": {
+        "host": "127.0.0.1",
+        "port": 5241,
+        "log_level": "INFO",
+        # Seconds a request may take inside the core before it answers DEADLINE_EXCEEDED.
+        "health_timeout": 5.0,
+    },
+    "facade": {
+        "host": "127.0.0.1",
+        "port": 5240,
+        "core_address": "127.0.0.1:5241",
+        "request_timeout": 30.0,
+        "docs_dir": "docs/_build/html",
+        "max_body_size": 1048576,
+        # Bearer token for the facade; empty disables authentication.
+        "auth_token": "",
+    },
+    "triton": {
+        # local: the core starts tritonserver from the wheel; external: use `url`.
+        "mode": "local",
+        "url": "127.0.0.1:8001",
+        "http_port": 8000,
+        "metrics_port": 8002,
+        "env_dir": ".venv-triton",
+        "model_repository": "triton_models",
+        "model_control_mode": "explicit",
+        "startup_timeout": 60.0,
+        "request_timeout": 10.0,
+        "log_path": "var/triton.log",
+        # Purpose -> model name; health checks every model named here.
+        "models": {"frame_stats": "frame_stats"},
+    },
+    "plugins": {"disabled": []},
+}
+
+# A key is secret when one of its words is one of these.
+_SECRET_WORDS = {"password", "passwd", "pwd", "token", "secret", "key", "credential", "credentials", "apikey"}
+_URL_WITH_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return result
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The effective configuration. ``path`` falls back to ``$LVA_CONFIG``; a missing file is an error."""
+    env = os.environ if environ is None else environ
+    config = copy.deepcopy(DEFAULTS)
+    file_path = path or env.get(CONFIG_ENV)
+    if file_path:
+        loaded = yaml.safe_load(Path(file_path).read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"config file {file_path} must hold a YAML mapping")
+        _merge(config, loaded)
+    return _merge(config, _env_overrides(env))
+
+
+def is_secret_key(key: str) -> bool:
+    words = re.split(r"[^a-z0-9]+|(?<=[a-z])(?=[A-Z])", key.lower())
+    return any(word in _SECRET_WORDS for word in words) or key.lower().endswith(
+        ("password", "token", "secret")
+    )
+
+
+def mask_url(value: str) -> str:
+    """``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; other strings unchanged."""
+    if not _URL_WITH_USERINFO.match(value):
+        return value
+    parts = urlsplit(value)
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"{MASK}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy with secret values replaced by ``***`` and credentials removed from URLs."""
+    if isinstance(value, Mapping):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if key and is_secret_key(key) and value not in (None, ""):
+        return MASK
+    if isinstance(value, str):
+        return mask_url(value)
+    return value

@@ -1,0 +1,39 @@
+"""Plugins are found through Python entry points, so that a pip-installed package can add one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+# Entry-point group -> the kind reported by /1/plugins.
+GROUPS = {"lva.analytics": "analytic", "lva.plugins": "plugin"}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    kind: str
+    version: str
+    distribution: str
+    entry_point: str
+    enabled: bool
+
+
+def discover_plugins(config: dict[str, Any]) -> list[PluginInfo]:
+    disabled = set(config.get("plugins", {}).get("disabled") or [])
+    found: list[PluginInfo] = []
+    for group, kind in GROUPS.items():
+        for ep in entry_points(group=group):
+            dist = ep.dist
+            found.append(
+                PluginInfo(
+                    name=ep.name,
+                    kind=kind,
+                    version=dist.version if dist is not None else "",
+                    distribution=dist.name if dist is not None else "",
+                    entry_point=ep.value,
+                    enabled=ep.name not in disabled,
+                )
+            )
+    return sorted(found, key=lambda p: (p.kind, p.name))
