@@ -1,0 +1,65 @@
+"""Every failure becomes a LUNA error body with its exact HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from lva_core.errors import (
+    BODY_TOO_LARGE,
+    INTERNAL,
+    METHOD_NOT_ALLOWED,
+    ROUTE_NOT_FOUND,
+    LunaError,
+    anchor,
+)
+from lva_facade.request_id import HEADER, Handler, request_id_of
+
+log = logging.getLogger("lva_facade")
+DOCS_PREFIX = "/docs/dev"
+
+
+def error_link(request: web.Request, code: int) -> str:
+    return f"{request.scheme}://{request.host}{DOCS_PREFIX}/errors.html#{anchor(code)}"
+
+
+def error_response(request: web.Request, error: LunaError) -> web.Response:
+    return web.json_response(error.body(error_link(request, error.code)), status=error.spec.http_status)
+
+
+def _from_http_exception(exc: web.HTTPException) -> LunaError | None:
+    if isinstance(exc, web.HTTPNotFound):
+        return LunaError(ROUTE_NOT_FOUND, "no route matches this path")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return LunaError(METHOD_NOT_ALLOWED, f"allowed methods: {', '.join(sorted(exc.allowed_methods))}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return LunaError(BODY_TOO_LARGE, exc.text or "request body too large")
+    return None
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LunaError as error:
+        if error.spec.http_status >= 500:
+            log.warning("request %s failed: %s", request_id_of(request), error)
+        return error_response(request, error)
+    except web.HTTPException as exc:
+        converted = _from_http_exception(exc)
+        if converted is None:
+            exc.headers[HEADER] = request_id_of(request)
+            raise  # redirects and other deliberate HTTP answers pass through
+        return error_response(request, converted)
+    except Exception:
+        log.exception("request %s failed", request_id_of(request))
+        return error_response(request, LunaError(INTERNAL, "internal error; see the facade log"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost middleware: renders errors and stamps Luna-Request-Id on every answer."""
+    response = await _answer(request, handler)
+    if not response.prepared:  # a WebSocket handler stamps its own before the upgrade
+        response.headers[HEADER] = request_id_of(request)
+    return response

@@ -1,0 +1,296 @@
+"""Protobuf messages <-> LUNA-style JSON, driven only by descriptors.
+
+The proto3 JSON mapping (json_format) does not give LUNA's shapes: it camelCases names, renders
+int64 as strings and enums as ``STREAM_STATUS_IN_PROGRESS``. The rules here:
+
+- a field's JSON name is its proto name (snake_case), unless the proto sets ``json_name``
+  explicitly (``{"Version": ...}``);
+- enums render as their value name without the type prefix, lower-cased (``in_progress``); the
+  zero (``*_UNSPECIFIED``) value renders as null;
+- unset optional scalars and unset message fields render as null; 64-bit ints as numbers;
+- Struct/Value/ListValue are plain JSON (integral numbers come back as ints), Timestamp is
+  RFC 3339, Duration is seconds, wrappers are their value.
+
+Parsing is strict and reports the dotted path of the first bad field (``data.roi.x``).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+_F = FieldDescriptor
+_INT_TYPES = {
+    _F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    _F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    _F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    _F.TYPE_UINT32: (0, 2**32 - 1),
+    _F.TYPE_FIXED32: (0, 2**32 - 1),
+    _F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    _F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    _F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    _F.TYPE_UINT64: (0, 2**64 - 1),
+    _F.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_FLOAT_TYPES = {_F.TYPE_FLOAT, _F.TYPE_DOUBLE}
+_STRUCT_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_WRAPPERS = {
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+}
+
+
+class CodecError(ValueError):
+    """A JSON value that does not fit the message; ``path`` names the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path or '<body>'}: {message}")
+        self.path = path
+        self.message = message
+
+
+def is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf 6 deprecates ``label``; 5.x has no ``is_repeated``.
+    flag = getattr(field, "is_repeated", None)
+    return bool(flag) if flag is not None else field.label == _F.LABEL_REPEATED
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def json_name(field: FieldDescriptor) -> str:
+    """The proto name, or the json_name the proto sets explicitly (protoc always fills in a camelCase one)."""
+    declared = str(getattr(field, "json_name", ""))  # present at run time, absent from the stubs
+    return declared if declared and declared != _camel(field.name) else str(field.name)
+
+
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    zero = enum.values_by_number.get(0)
+    if zero is not None and zero.name.endswith("UNSPECIFIED"):
+        return str(zero.name[: -len("UNSPECIFIED")])
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def enum_to_json(enum: EnumDescriptor, number: int) -> str | int | None:
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return number
+    if number == 0 and value.name.endswith("UNSPECIFIED"):
+        return None
+    prefix = _enum_prefix(enum)
+    name = str(value.name)
+    return (name[len(prefix) :] if name.startswith(prefix) else name).lower()
+
+
+def enum_choices(enum: EnumDescriptor) -> list[str]:
+    return [
+        str(enum_to_json(enum, v.number)) for v in enum.values if enum_to_json(enum, v.number) is not None
+    ]
+
+
+def enum_from_json(enum: EnumDescriptor, value: Any, path: str) -> int:
+    if isinstance(value, str):
+        wanted = value.strip().upper()
+        prefix = _enum_prefix(enum)
+        for candidate in (prefix + wanted, wanted):
+            found = enum.values_by_name.get(candidate)
+            if found is not None and found.number != 0:
+                return int(found.number)
+    raise CodecError(path, f"must be one of {enum_choices(enum)}, not {value!r}")
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _plain_json(value: Any) -> Any:
+    """Struct numbers are doubles; give integral ones back as ints so 5241 does not read 5241.0."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return value
+
+
+def _scalar_to_json(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == _F.TYPE_ENUM:
+        return enum_to_json(field.enum_type, value)
+    if field.type == _F.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    if field.type in _FLOAT_TYPES and (math.isnan(value) or math.isinf(value)):
+        return None
+    if field.type == _F.TYPE_MESSAGE:
+        return message_to_json(value)
+    return value
+
+
+def message_to_json(message: Message) -> Any:
+    """Render a message (or a well-known type) as LUNA-style JSON."""
+    full_name = message.DESCRIPTOR.full_name
+    if full_name in _STRUCT_TYPES:
+        return _plain_json(json_format.MessageToDict(message))
+    if full_name == "google.protobuf.Timestamp":
+        return message.ToJsonString()  # type: ignore[attr-defined]
+    if full_name == "google.protobuf.Duration":
+        return message.ToTimedelta().total_seconds()  # type: ignore[attr-defined]
+    if full_name in _WRAPPERS:
+        return _scalar_to_json(message.DESCRIPTOR.fields_by_name["value"], message.value)  # type: ignore[attr-defined]
+    result: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        name = json_name(field)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            result[name] = {str(k): _scalar_to_json(value_field, v) for k, v in value.items()}
+        elif is_repeated(field):
+            result[name] = [_scalar_to_json(field, v) for v in value]
+        elif field.has_presence and not message.HasField(field.name):
+            result[name] = None
+        else:
+            result[name] = _scalar_to_json(field, value)
+    return result
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
+    kind = field.type
+    if kind == _F.TYPE_ENUM:
+        return enum_from_json(field.enum_type, value, path)
+    if kind in _INT_TYPES:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CodecError(path, f"must be an integer, not {type(value).__name__}")
+        low, high = _INT_TYPES[kind]
+        if not low <= value <= high:
+            raise CodecError(path, f"must be between {low} and {high}")
+        return value
+    if kind in _FLOAT_TYPES:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise CodecError(path, f"must be a number, not {type(value).__name__}")
+        if not math.isfinite(value):
+            raise CodecError(path, "must be a finite number")
+        return float(value)
+    if kind == _F.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise CodecError(path, f"must be a boolean, not {type(value).__name__}")
+        return value
+    if kind == _F.TYPE_STRING:
+        if not isinstance(value, str):
+            raise CodecError(path, f"must be a string, not {type(value).__name__}")
+        return value
+    if kind == _F.TYPE_BYTES:
+        if not isinstance(value, str):
+            raise CodecError(path, "must be a base64 string")
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise CodecError(path, "must be a base64 string") from exc
+    raise CodecError(path, f"unsupported field type {kind}")
+
+
+def json_to_message(data: Any, message: Message, path: str = "") -> Message:
+    """Fill ``message`` from JSON ``data``; raise CodecError naming the bad field's path."""
+    descriptor = message.DESCRIPTOR
+    full_name = descriptor.full_name
+    if full_name in _STRUCT_TYPES or full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+        if full_name == "google.protobuf.Struct" and not isinstance(data, dict):
+            raise CodecError(path, "must be an object")
+        if (
+            full_name == "google.protobuf.Duration"
+            and isinstance(data, int | float)
+            and not isinstance(data, bool)
+        ):
+            data = f"{data}s"
+        try:
+            json_format.ParseDict(data, message)
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            raise CodecError(path, str(exc)) from exc
+        return message
+    if full_name in _WRAPPERS:
+        message.value = _scalar_from_json(descriptor.fields_by_name["value"], data, path)  # type: ignore[attr-defined]
+        return message
+    if not isinstance(data, dict):
+        raise CodecError(path, f"must be an object, not {type(data).__name__}")
+    by_name = {json_name(f): f for f in descriptor.fields}
+    for key, value in data.items():
+        field = by_name.get(key)
+        field_path = _join(path, key)
+        if field is None:
+            raise CodecError(field_path, "unknown field")
+        if value is None:
+            continue
+        set_field(message, field, value, field_path)
+    return message
+
+
+def set_field(message: Message, field: FieldDescriptor, value: Any, path: str) -> None:
+    """Set one field of ``message`` from a JSON value."""
+    target = getattr(message, field.name)
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if not isinstance(value, dict):
+            raise CodecError(path, "must be an object")
+        value_field = field.message_type.fields_by_name["value"]
+        for key, item in value.items():
+            item_path = f"{path}.{key}"
+            if value_field.type == _F.TYPE_MESSAGE:
+                json_to_message(item, target[key], item_path)
+            else:
+                target[key] = _scalar_from_json(value_field, item, item_path)
+    elif is_repeated(field):
+        if not isinstance(value, list):
+            raise CodecError(path, "must be an array")
+        for index, item in enumerate(value):
+            item_path = f"{path}[{index}]"
+            if field.type == _F.TYPE_MESSAGE:
+                json_to_message(item, target.add(), item_path)
+            else:
+                target.append(_scalar_from_json(field, item, item_path))
+    elif field.type == _F.TYPE_MESSAGE:
+        json_to_message(value, target, path)
+        if not target.ListFields() and hasattr(target, "SetInParent"):
+            target.SetInParent()  # an explicit {} still marks the field as present
+    else:
+        setattr(message, field.name, _scalar_from_json(field, value, path))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_query_value(field: FieldDescriptor, text: str, path: str) -> Any:
+    """A query-string value as the JSON value its field expects."""
+    kind = field.type
+    if kind in _INT_TYPES:
+        try:
+            return int(text)
+        except ValueError:
+            raise CodecError(path, f"must be an integer, not {text!r}") from None
+    if kind in _FLOAT_TYPES:
+        try:
+            return float(text)
+        except ValueError:
+            raise CodecError(path, f"must be a number, not {text!r}") from None
+    if kind == _F.TYPE_BOOL:
+        lowered = text.lower()
+        if lowered in _TRUE | _FALSE:
+            return lowered in _TRUE
+        raise CodecError(path, f"must be a boolean, not {text!r}")
+    if kind == _F.TYPE_MESSAGE:
+        raise CodecError(path, "cannot be given in the query string")
+    return text

@@ -1,0 +1,191 @@
+"""The generic REST <-> gRPC transcoder: one handler per route of the route table.
+
+Binding follows google.api.http: path variables fill the fields they name, ``body: "*"`` fills
+the request from the JSON body, and every remaining scalar field may come from the query string.
+Unknown query parameters are an error (12012), as LUNA's services answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import yaml
+from aiohttp import web
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from lva_core.errors import (
+    BAD_CONTENT_TYPE,
+    BAD_JSON,
+    BAD_QUERY,
+    CORE_UNAVAILABLE,
+    HEALTH_CHECK,
+    REGISTRY,
+    LunaError,
+    from_trailers,
+    spec_for_grpc_code,
+)
+from lva_facade.jsoncodec import (
+    CodecError,
+    is_repeated,
+    json_name,
+    json_to_message,
+    message_to_json,
+    parse_query_value,
+    set_field,
+)
+from lva_facade.negotiation import negotiate
+from lva_facade.request_id import METADATA_KEY, Handler, request_id_of
+from lva_facade.routes import Route
+
+# Reconnect quickly after the core restarts; gRPC's default backoff grows to two minutes.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 20000),
+]
+
+
+class CoreClient:
+    """The facade's one channel to the core, and a cached stub per method."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._callables: dict[str, Any] = {}
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            # Created lazily so that it binds to the running event loop.
+            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return self._channel
+
+    def unary_unary(self, route: Route) -> Any:
+        stub = self._callables.get(route.grpc_path)
+        if stub is None:
+            response_cls = GetMessageClass(route.method.output_type)
+            stub = self.channel.unary_unary(
+                route.grpc_path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_cls.FromString,
+            )
+            self._callables[route.grpc_path] = stub
+        return stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+def rpc_error_to_luna(exc: grpc.aio.AioRpcError, route: Route, address: str) -> LunaError:
+    sent = from_trailers(exc.trailing_metadata())
+    if sent is not None:
+        return sent
+    code, details = exc.code(), exc.details() or exc.code().name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        spec = REGISTRY.get(route.extras.upstream_error_code, CORE_UNAVAILABLE)
+        extra: dict[str, Any] = {}
+        if spec is HEALTH_CHECK:
+            extra["errors"] = [{"component": "lva_core", "status": "unavailable", "error": details}]
+        return LunaError(spec, f"core service at {address} is unavailable: {details}", extra)
+    return LunaError(spec_for_grpc_code(code), details)
+
+
+def _bind_path(message: Message, route: Route, match_info: dict[str, str]) -> None:
+    fields = message.DESCRIPTOR.fields_by_name
+    for name in route.path_fields:
+        field = fields[name]
+        try:
+            set_field(message, field, parse_query_value(field, match_info[name], name), name)
+        except CodecError as exc:
+            raise LunaError(BAD_QUERY, f"path parameter {exc}") from None
+
+
+def _bind_query(message: Message, route: Route, request: web.Request) -> None:
+    allowed = {json_name(f): f for f in route.query_fields()}
+    allowed.update({f.name: f for f in route.query_fields()})
+    for key in set(request.query.keys()):
+        field = allowed.get(key)
+        if field is None:
+            known = ", ".join(sorted({json_name(f) for f in route.query_fields()})) or "none"
+            raise LunaError(BAD_QUERY, f"unknown query parameter {key!r} (accepted: {known})")
+        values = request.query.getall(key)
+        try:
+            parsed = [parse_query_value(field, v, key) for v in values]
+            value = parsed if is_repeated(field) else parsed[-1]
+            message.ClearField(field.name)
+            set_field(message, field, value, key)
+        except CodecError as exc:
+            raise LunaError(BAD_QUERY, str(exc)) from None
+
+
+async def _bind_body(message: Message, route: Route, request: web.Request) -> None:
+    if not route.body:
+        return
+    raw = await request.read()
+    if not raw.strip():
+        data: Any = {}
+    else:
+        if request.content_type != "application/json":
+            raise LunaError(
+                BAD_CONTENT_TYPE, f"content type {request.content_type!r}: expected application/json"
+            )
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LunaError(BAD_JSON, f"malformed JSON: {exc}") from None
+    try:
+        if route.body == "*":
+            json_to_message(data, message)
+        else:
+            set_field(message, message.DESCRIPTOR.fields_by_name[route.body], data, route.body)
+    except CodecError as exc:
+        raise LunaError(BAD_JSON, str(exc), {"path": exc.path}) from None
+
+
+def _render(route: Route, response: Message, media: str) -> web.Response:
+    if route.success_status == 204:
+        return web.Response(status=204)
+    data = message_to_json(response)
+    if route.response_body:
+        data = data[json_name(response.DESCRIPTOR.fields_by_name[route.response_body])]
+    if media == "text/plain":
+        return web.Response(
+            text=yaml.safe_dump(data, sort_keys=False), content_type="text/plain", status=route.success_status
+        )
+    return web.json_response(data, status=route.success_status)
+
+
+def make_handler(route: Route, core: CoreClient) -> Handler:
+    request_cls = GetMessageClass(route.input_type)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        media = negotiate(request.headers.get("Accept"), route.produces)
+        message = request_cls()
+        _bind_query(message, route, request)
+        await _bind_body(message, route, request)
+        _bind_path(message, route, dict(request.match_info))
+        try:
+            response = await core.unary_unary(route)(
+                message, metadata=((METADATA_KEY, request_id_of(request)),), timeout=core.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_to_luna(exc, route, core.address) from None
+        return _render(route, response, media)
+
+    handle.__name__ = route.method.name
+    return handle
+
+
+def add_routes(app: web.Application, routes: list[Route], core: CoreClient) -> None:
+    """Register every unary route; server-streaming RPCs are bridged by hand (the WebSocket)."""
+    for route in routes:
+        if route.server_streaming or route.method.client_streaming:
+            continue
+        app.router.add_route(route.http_method, route.path, make_handler(route, core))
