@@ -1,0 +1,49 @@
+"""frame_stats: per-image mean RGB and a constant count of 1.
+
+The trivial model of the repository, in the shape of Triton's own Python backend examples. It
+follows the image contract (``IMAGE`` uint8 ``[N, H, W, 3]`` RGB), so it can stand in for a
+detector when a benchmark must measure the pipeline instead of the network.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        # Output dtypes come from config.pbtxt so that the two cannot drift apart.
+        self.mean_dtype = pb_utils.triton_string_to_numpy(
+            pb_utils.get_output_config_by_name(config, "MEAN_RGB")["data_type"]
+        )
+        self.count_dtype = pb_utils.triton_string_to_numpy(
+            pb_utils.get_output_config_by_name(config, "COUNT")["data_type"]
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        # With dynamic batching one call carries several requests; each gets its own response,
+        # in order. Requests are not concatenated: their H and W may differ.
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            if images.shape[1] == 0 or images.shape[2] == 0:
+                error = pb_utils.TritonError(f"IMAGE must not be empty, got shape {list(images.shape)}")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            # Accumulate in float64: a float32 sum of a 4K frame loses precision.
+            mean_rgb = images.mean(axis=(1, 2), dtype=np.float64).astype(self.mean_dtype)
+            count = np.ones((images.shape[0], 1), dtype=self.count_dtype)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor("MEAN_RGB", mean_rgb), pb_utils.Tensor("COUNT", count)]
+                )
+            )
+        return responses
+
+    def finalize(self) -> None:
+        pass
