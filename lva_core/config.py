@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 5241,
         "log_level": "INFO",
-        # Seconds a request may take inside the core before it answers DEADLINE_EXCEEDED.
+        # Seconds the health check may spend on Triton and the models before it reports them down.
         "health_timeout": 5.0,
     },
     "facade": {
@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "request_timeout": 30.0,
         "docs_dir": "docs/_build/html",
         "max_body_size": 1048576,
-        # Bearer token for the facade; empty disables authentication.
+        # Reserved for bearer-token authentication (not enforced yet); shown masked in /1/config.
         "auth_token": "",
     },
     "triton": {
@@ -49,7 +49,6 @@ DEFAULTS: dict[str, Any] = {
         "model_repository": "triton_models",
         "model_control_mode": "explicit",
         "startup_timeout": 60.0,
-        "request_timeout": 10.0,
         "log_path": "var/triton.log",
         # Purpose -> model name; health checks every model named here.
         "models": {"frame_stats": "frame_stats"},
@@ -59,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
 
 # A key is secret when one of its words is one of these.
 _SECRET_WORDS = {"password", "passwd", "pwd", "token", "secret", "key", "credential", "credentials", "apikey"}
-_URL_WITH_USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s]+@")
+_URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,19 +100,24 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 
 def is_secret_key(key: str) -> bool:
-    words = re.split(r"[^a-z0-9]+|(?<=[a-z])(?=[A-Z])", key.lower())
+    # Split camelCase before lower-casing, so privateKey and secretKey are caught as well as db_password.
+    words = re.split(r"[^a-z0-9]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower())
     return any(word in _SECRET_WORDS for word in words) or key.lower().endswith(
         ("password", "token", "secret")
     )
 
 
 def mask_url(value: str) -> str:
-    """``rtsp://user:pw@host/x`` -> ``rtsp://***@host/x``; other strings unchanged."""
-    if not _URL_WITH_USERINFO.match(value):
+    """Credentials out of a URL: ``rtsp://user:pw@host/x?token=t`` -> ``rtsp://***@host/x?token=***``."""
+    if not _URL_LIKE.match(value):
         return value
     parts = urlsplit(value)
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, f"{MASK}@{host}", parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    items = (item.partition("=") for item in parts.query.split("&")) if parts.query else ()
+    query = "&".join(f"{k}={MASK}" if sep and is_secret_key(k) else f"{k}{sep}{v}" for k, sep, v in items)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def mask_secrets(value: Any, key: str = "") -> Any:

@@ -1,0 +1,23 @@
+"""``lva-core``: the gRPC core service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from lva_core.config import load_config
+from lva_core.logs import setup_logging
+from lva_core.server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lva-core", description=__doc__)
+    parser.add_argument("--config", help="YAML configuration file (default: $LVA_CONFIG)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    setup_logging(config["core"]["log_level"])
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

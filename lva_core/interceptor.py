@@ -1,0 +1,106 @@
+"""One place where servicer failures become gRPC statuses with a LUNA code.
+
+Servicers raise LunaError; this interceptor aborts the RPC with the error's gRPC code and a
+rich status (lva_core.errors) so that any client, the facade included, gets the LUNA code. It
+also binds the caller's Luna-Request-Id to the logging context for the RPC's duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from lva_core.errors import INTERNAL, NOT_IMPLEMENTED, LunaError
+from lva_core.logs import request_id_var
+
+log = logging.getLogger("lva_core.rpc")
+REQUEST_ID_KEY = "luna-request-id"
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return "-"
+
+
+def _as_luna(exc: Exception, method: str) -> LunaError:
+    if isinstance(exc, LunaError):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return LunaError(NOT_IMPLEMENTED, f"{method} is not implemented yet")
+    log.exception("%s failed", method)
+    return LunaError(INTERNAL, f"{method} failed: {type(exc).__name__}")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: LunaError) -> None:
+    await context.abort(error.spec.grpc_code, error.detail, trailing_metadata=error.trailing_metadata())
+
+
+# Subscriptable only in the stubs, hence the string alias.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            # The aio server hands coroutine functions here; the stubs type them as sync ones.
+            inner_unary: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                token = request_id_var.set(_request_id(context))
+                started = time.perf_counter()
+                outcome = "OK"
+                try:
+                    return await inner_unary(request, context)
+                except grpc.aio.AbortError:
+                    outcome = "aborted"
+                    raise
+                except Exception as exc:
+                    error = _as_luna(exc, method)
+                    outcome = f"error {error.code}"
+                    await _abort(context, error)
+                finally:
+                    log.info("%s %s %.1f ms", method, outcome, (time.perf_counter() - started) * 1000)
+                    request_id_var.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                token = request_id_var.set(_request_id(context))
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, _as_luna(exc, method))
+                finally:
+                    request_id_var.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

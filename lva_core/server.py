@@ -1,0 +1,107 @@
+"""The core's gRPC server: the lva.v1 services, grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lva.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    analytics_pb2,
+    analytics_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    streams_pb2,
+    streams_pb2_grpc,
+)
+from lva_core.interceptor import LunaErrorInterceptor
+from lva_core.services.agent import AgentServicer
+from lva_core.triton.runtime import TritonRuntime
+
+log = logging.getLogger("lva_core")
+
+SERVICE_NAMES = [
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    streams_pb2.DESCRIPTOR.services_by_name["StreamsService"].full_name,
+    analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+]
+
+
+class CoreServer:
+    """Owns the gRPC server and the Triton runtime; start() then stop()."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.triton = TritonRuntime(config)
+        self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._triton_start: asyncio.Task[None] | None = None
+
+    def _register(self) -> None:
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(self.config, self.triton), self.server
+        )
+        # Declared in the contract, implemented by later work: the generated base servicers raise
+        # NotImplementedError, which the interceptor answers as UNIMPLEMENTED (47008). The stubs
+        # mark them abstract, hence the casts.
+        streams = cast(Any, streams_pb2_grpc.StreamsServiceServicer)()
+        analytics = cast(Any, analytics_pb2_grpc.AnalyticsServiceServicer)()
+        models = cast(Any, models_pb2_grpc.ModelsServiceServicer)()
+        streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
+        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(models, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+
+    async def start(self) -> int:
+        self._register()
+        core = self.config["core"]
+        self.port = self.server.add_insecure_port(f"{core['host']}:{core['port']}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {core['host']}:{core['port']}")
+        await self.server.start()
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("core listening on %s:%s", core["host"], self.port)
+        # Triton starts in the background: the API answers (and health reports) meanwhile.
+        self._triton_start = asyncio.create_task(self.triton.start())
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._triton_start is not None:
+            self._triton_start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._triton_start
+        await self.triton.stop()
+        log.info("core stopped")
+
+
+async def serve(config: dict[str, Any]) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    server = CoreServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.stop()

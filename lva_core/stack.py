@@ -1,0 +1,90 @@
+"""``make run``: the whole stack on local defaults (core with its local Triton, and the facade).
+
+Each service runs as its own process so that one crashing never takes the other's state with
+it. Ctrl-C (SIGINT) or SIGTERM stops the facade first, then the core, which stops Triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+
+from lva_core.config import load_config
+
+STOP_TIMEOUT = 15.0
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def _wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False
+
+
+async def run_stack(config_path: str | None) -> int:
+    config = load_config(config_path)
+    extra = ["--config", config_path] if config_path else []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    core = await asyncio.create_subprocess_exec(sys.executable, "-m", "lva_core", *extra)
+    if not await _wait_port(config["core"]["host"], int(config["core"]["port"]), 30):
+        await _stop(core)
+        print("the core did not start; see its log above", file=sys.stderr)
+        return 1
+    facade = await asyncio.create_subprocess_exec(sys.executable, "-m", "lva_facade", *extra)
+    facade_cfg = config["facade"]
+    if await _wait_port(facade_cfg["host"], int(facade_cfg["port"]), 30):
+        print(
+            f"\nLuna Video Agent is up: REST http://{facade_cfg['host']}:{facade_cfg['port']}  "
+            f"gRPC {config['core']['host']}:{config['core']['port']}  (Ctrl-C stops everything)\n",
+            flush=True,
+        )
+    waiters = [asyncio.create_task(p.wait()) for p in (core, facade)]
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+    crashed = not stop.is_set()
+    await _stop(facade)
+    await _stop(core)
+    stopper.cancel()
+    if crashed:
+        print(
+            f"a service exited (core {core.returncode}, facade {facade.returncode}); stopped the stack",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lva-stack", description=__doc__)
+    parser.add_argument("--config", help="YAML configuration file (default: $LVA_CONFIG)")
+    args = parser.parse_args(argv)
+    sys.exit(asyncio.run(run_stack(args.config)))
+
+
+if __name__ == "__main__":
+    main()
