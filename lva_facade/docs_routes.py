@@ -15,9 +15,16 @@ from lva_facade.openapi_html import render_html
 SPEC_MEDIA = ("application/x-yaml", "text/html")
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Shared sub-documents (the request-id parameter) written out in full: &id001 confuses readers."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def add_docs_routes(app: web.Application, spec: dict[str, Any], manual_dir: Path) -> None:
     # Rendered once: the document only changes with the descriptors, which are fixed at start.
-    spec_yaml = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    spec_yaml = yaml.dump(spec, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
     spec_html = render_html(spec, spec_yaml)
 
     async def get_spec(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from lva_core.errors import (
 from lva_facade.request_id import HEADER, Handler, request_id_of
 
 log = logging.getLogger("lva_facade")
+access_log = logging.getLogger("lva_facade.access")
 DOCS_PREFIX = "/docs/dev"
 
 
@@ -58,8 +60,18 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: renders errors and stamps Luna-Request-Id on every answer."""
+    """Outermost middleware: renders errors, stamps Luna-Request-Id on every answer, logs the request."""
+    started = time.perf_counter()
     response = await _answer(request, handler)
+    request_id = request_id_of(request)
     if not response.prepared:  # a WebSocket handler stamps its own before the upgrade
-        response.headers[HEADER] = request_id_of(request)
+        response.headers[HEADER] = request_id
+    access_log.info(
+        "%s %s %s %.1f ms request_id=%s",
+        request.method,
+        request.path_qs,
+        response.status,
+        (time.perf_counter() - started) * 1000,
+        request_id,
+    )
     return response

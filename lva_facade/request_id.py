@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lva_core.errors import BAD_REQUEST_ID, LunaError
+from lva_core.logs import request_id_var
 
 HEADER = "Luna-Request-Id"
 METADATA_KEY = "luna-request-id"
@@ -40,6 +41,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     given = request.headers.get(HEADER)
     valid = given is not None and PATTERN.match(given) is not None
     request[REQUEST_KEY] = given if given is not None and valid else new_request_id()
+    # Each request runs in its own task, so the id stays bound for exactly this request's logs.
+    request_id_var.set(request[REQUEST_KEY])
     if given is not None and not valid:
         raise LunaError(BAD_REQUEST_ID, f"{HEADER} {given!r} does not match {PATTERN.pattern}")
     return await handler(request)

@@ -6,6 +6,8 @@ Nothing here knows a particular service: give it descriptors, get routes. The tr
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -124,12 +126,13 @@ def discover_routes(services: Iterable[ServiceDescriptor]) -> list[Route]:
 
 
 def lva_services() -> list[ServiceDescriptor]:
-    """The product's own services, from the generated code."""
-    from lva.v1 import agent_pb2, analytics_pb2, models_pb2, streams_pb2
+    """Every service of the generated lva.v1 package: a new proto file with a new service is
+    picked up without a facade change."""
+    import lva.v1
 
-    return [
-        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-        streams_pb2.DESCRIPTOR.services_by_name["StreamsService"],
-        analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
-        models_pb2.DESCRIPTOR.services_by_name["ModelsService"],
-    ]
+    services: list[ServiceDescriptor] = []
+    for module_info in sorted(pkgutil.iter_modules(lva.v1.__path__), key=lambda m: m.name):
+        if module_info.name.endswith("_pb2"):
+            module = importlib.import_module(f"lva.v1.{module_info.name}")
+            services.extend(module.DESCRIPTOR.services_by_name.values())
+    return services
