@@ -1,0 +1,148 @@
+"""Starting the real services as processes on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TRITON_ENV = REPO / ".venv-triton"
+MODEL_REPOSITORY = REPO / "triton_models"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Service:
+    """A started process with its log file; stop() is idempotent."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+        return int(self.proc.returncode)
+
+    def wait_port(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
+            if port_open(self.port):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not open port {self.port}:\n{self.log_text()[-3000:]}")
+
+
+def _spawn(
+    name: str, args: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None
+) -> Service:
+    log_path = log_dir / f"{name}-{port}.log"
+    log = log_path.open("wb")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    return Service(name, proc, log_path, port, log)
+
+
+def start_triton(log_dir: Path, grpc_port: int | None = None, timeout: float = 60) -> Service:
+    """A real tritonserver from the wheel, through the core's own launcher CLI."""
+    port = grpc_port or free_port()
+    service = _spawn(
+        "triton",
+        [
+            PYTHON,
+            "-m",
+            "lva_core.triton.local",
+            "--env",
+            str(TRITON_ENV),
+            "--repo",
+            str(MODEL_REPOSITORY),
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        log_dir,
+        port,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "READY" in service.log_text():
+            return service
+        if service.proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    text = service.log_text()
+    service.stop()
+    raise RuntimeError(f"Triton did not become ready:\n{text[-3000:]}")
+
+
+def core_env(triton_url: str, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "LVA_CORE__PORT": str(port),
+        "LVA_TRITON__MODE": "external",
+        "LVA_TRITON__URL": triton_url,
+        **extra,
+    }
+
+
+def start_core(log_dir: Path, triton_url: str, env: dict[str, str] | None = None) -> Service:
+    port = free_port()
+    service = _spawn(
+        "core", [PYTHON, "-m", "lva_core"], log_dir, port, core_env(triton_url, port, **(env or {}))
+    )
+    service.wait_port(30)
+    return service
+
+
+def start_facade(log_dir: Path, core_address: str, env: dict[str, str] | None = None) -> Service:
+    port = free_port()
+    facade_env = {
+        "LVA_FACADE__PORT": str(port),
+        "LVA_FACADE__CORE_ADDRESS": core_address,
+        "LVA_FACADE__DOCS_DIR": str(REPO / "docs" / "_build" / "html"),
+        **(env or {}),
+    }
+    service = _spawn("facade", [PYTHON, "-m", "lva_facade"], log_dir, port, facade_env)
+    service.wait_port(30)
+    return service
