@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean bench
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
