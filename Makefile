@@ -48,17 +48,21 @@ buf-breaking: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --no-cache --check .
 	$(VENV)/bin/mypy
 
 docs: $(VENV)/.installed
 	$(PY) -m sphinx -q -b html -W --keep-going docs docs/_build/html
 
-test: $(VENV)/.installed triton-env docs
+# Generated code is committed; this only regenerates it when lva/ is missing altogether.
+lva/__init__.py:
+	$(MAKE) proto
+
+test: $(VENV)/.installed triton-env lva/__init__.py docs
 	$(PY) -m pytest -ra
 
-run: $(VENV)/.installed triton-env docs
+run: $(VENV)/.installed triton-env lva/__init__.py docs
 	$(PY) -m lva_core.stack
 
 clean:

@@ -15,12 +15,12 @@ import grpc
 import grpc_testing
 import pytest
 from google.protobuf import json_format
-from lva_core.triton.health import ComponentError
 
 from lva.v1 import agent_pb2
 from lva_core.config import load_config
 from lva_core.errors import LunaError
 from lva_core.services.agent import AgentServicer
+from lva_core.triton.health import ComponentError
 
 SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 
