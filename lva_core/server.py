@@ -22,8 +22,10 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
+from lva_core.inference.service import Inference
 from lva_core.interceptor import LunaErrorInterceptor
 from lva_core.services.agent import AgentServicer
+from lva_core.services.models import ModelsServicer
 from lva_core.triton.runtime import TritonRuntime
 
 log = logging.getLogger("lva_core")
@@ -42,6 +44,7 @@ class CoreServer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.triton = TritonRuntime(config)
+        self.inference = Inference(config)
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -56,10 +59,11 @@ class CoreServer:
         # mark them abstract, hence the casts.
         streams = cast(Any, streams_pb2_grpc.StreamsServiceServicer)()
         analytics = cast(Any, analytics_pb2_grpc.AnalyticsServiceServicer)()
-        models = cast(Any, models_pb2_grpc.ModelsServiceServicer)()
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
-        models_pb2_grpc.add_ModelsServiceServicer_to_server(models, self.server)
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(
+            ModelsServicer(self.inference.client), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [
@@ -76,6 +80,7 @@ class CoreServer:
         self.port = self.server.add_insecure_port(f"{core['host']}:{core['port']}")
         if self.port == 0:
             raise RuntimeError(f"cannot bind {core['host']}:{core['port']}")
+        await self.inference.start()
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -91,6 +96,7 @@ class CoreServer:
             self._triton_start.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._triton_start
+        await self.inference.close()
         await self.triton.stop()
         log.info("core stopped")
 

@@ -68,7 +68,6 @@ async def test_unimplemented_rpcs_carry_a_luna_code(channel: grpc.aio.Channel) -
         streams_pb2_grpc.StreamsServiceStub(channel).ListStreams(streams_pb2.ListStreamsRequest()),
         streams_pb2_grpc.StreamsServiceStub(channel).GetStream(streams_pb2.GetStreamRequest(stream_id="x")),
         analytics_pb2_grpc.AnalyticsServiceStub(channel).ListAnalytics(analytics_pb2.ListAnalyticsRequest()),
-        models_pb2_grpc.ModelsServiceStub(channel).ListModels(models_pb2.ListModelsRequest()),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -13,6 +13,16 @@ from lva_core.triton.local import LocalTriton
 log = logging.getLogger("lva_core.triton")
 
 
+def configured_models(models: dict[str, Any]) -> list[str]:
+    """Every model name of the analytic -> role -> model map, once, in order."""
+    names: list[str] = []
+    for value in models.values():
+        for name in value.values() if isinstance(value, dict) else [value]:
+            if str(name) not in names:
+                names.append(str(name))
+    return names
+
+
 def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -21,7 +31,7 @@ class TritonRuntime:
     def __init__(self, config: dict[str, Any]) -> None:
         triton = config["triton"]
         self.url: str = triton["url"]
-        self.models: list[str] = list(dict(triton.get("models") or {}).values())
+        self.models: list[str] = configured_models(triton.get("models") or {})
         self.start_error: str | None = None
         self.local: LocalTriton | None = None
         if triton["mode"] == "local":

@@ -1,0 +1,1 @@
+"""Batched, asynchronous inference on Triton: model metadata, shared memory, client and batcher."""

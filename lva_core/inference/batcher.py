@@ -1,0 +1,189 @@
+"""Per-model batching across streams: gather items for at most ``max_delay``, up to ``max_batch``.
+
+Every stream's frames for one model go through one ModelBatcher. Items of equal per-item shapes
+are stacked into one request, written straight into the staged (shared-memory) arrays: the only
+copy of a frame on its way to Triton. Queues are bounded; an item whose deadline passes while
+it waits fails with DEADLINE instead of being sent late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lva_core.errors import DEADLINE, TRITON_UNAVAILABLE
+from lva_core.inference.client import InferenceError, TritonClient, classify
+
+log = logging.getLogger("lva_core.inference")
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+@dataclass
+class _Item:
+    inputs: Mapping[str, np.ndarray[Any, Any]]
+    deadline: float
+    future: asyncio.Future[Arrays]
+    key: tuple[tuple[str, tuple[int, ...]], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = tuple(sorted((name, tuple(a.shape)) for name, a in self.inputs.items()))
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    failed: int = 0
+    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class ModelBatcher:
+    def __init__(
+        self,
+        client: TritonClient,
+        model_name: str,
+        *,
+        max_batch: int = 8,
+        max_delay: float = 0.005,
+        queue_size: int = 64,
+        max_in_flight: int = 2,
+        timeout: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.model_name = model_name
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.timeout = timeout
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self._carry: deque[_Item] = deque()
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name=f"batcher:{self.model_name}")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for item in [*self._carry, *_drain(self._queue)]:
+            if not item.future.done():
+                item.future.set_exception(InferenceError(TRITON_UNAVAILABLE, "inference stopped"))
+
+    async def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]], timeout: float | None = None) -> Arrays:
+        """Outputs for one item (per-item arrays, no batch dimension)."""
+        self.start()
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        item = _Item(inputs, deadline, asyncio.get_running_loop().create_future())
+        try:
+            async with asyncio.timeout(budget):
+                await self._queue.put(item)  # bounded: a full queue pushes back on the producer
+                return await asyncio.shield(item.future)
+        except TimeoutError:
+            raise InferenceError(DEADLINE, f"{self.model_name}: no result within {budget:.1f} s") from None
+        finally:
+            if not item.future.done():
+                item.future.cancel()  # tells the worker not to send it
+
+    async def _next(self, timeout: float | None) -> _Item | None:
+        if self._carry:
+            return self._carry.popleft()
+        if timeout is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._next(None)
+            assert first is not None
+            batch = [first]
+            held: list[_Item] = []
+            close_at = time.monotonic() + self.max_delay
+            while len(batch) < self.max_batch:
+                item = await self._next(max(0.0, close_at - time.monotonic()))
+                if item is None:
+                    break
+                (batch if item.key == first.key else held).append(item)
+                if time.monotonic() >= close_at and not self._queue.qsize():
+                    break
+            self._carry.extend(held)
+            live = [i for i in batch if not i.future.done()]
+            now = time.monotonic()
+            for item in live:
+                if item.deadline <= now:
+                    item.future.set_exception(
+                        InferenceError(DEADLINE, f"{self.model_name}: deadline passed in queue")
+                    )
+            live = [i for i in live if not i.future.done()]
+            if not live:
+                continue
+            await self._in_flight.acquire()
+            task = asyncio.create_task(self._send(live))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, items: list[_Item]) -> None:
+        try:
+            model = await self.client.model_info(self.model_name)
+            size = min(len(items), model.max_batch_size) if model.batches else 1
+            # A model that cannot batch (or batches less) gets several requests.
+            for start in range(0, len(items), size):
+                await self._send_one(model, items[start : start + size])
+        except Exception as exc:  # every waiter must learn of the failure, typed
+            error = classify(exc, f"inference on {self.model_name}")
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            self.stats.failed += len(items)
+        finally:
+            self._in_flight.release()
+
+    async def _send_one(self, model: Any, items: list[_Item]) -> None:
+        shapes = {name: tuple(a.shape) for name, a in items[0].inputs.items()}
+        staged = await self.client.stage(model, shapes, len(items))
+        try:
+            for index, item in enumerate(items):
+                for name, array in item.inputs.items():
+                    if model.batches:
+                        staged.inputs[name][index] = array
+                    else:
+                        staged.inputs[name][...] = array
+            remaining = max(0.05, min(i.deadline for i in items) - time.monotonic())
+            outputs = await self.client.infer_staged(staged, remaining)
+        finally:
+            await self.client.release(staged)
+        self.stats.batches += 1
+        self.stats.items += len(items)
+        self.stats.sizes.append(len(items))
+        for index, item in enumerate(items):
+            if not item.future.done():
+                per_item = {name: out[index] if model.batches else out for name, out in outputs.items()}
+                item.future.set_result(per_item)
+
+
+def _drain(queue: asyncio.Queue[_Item]) -> list[_Item]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

@@ -1,0 +1,60 @@
+"""The core's one entry to inference: a Triton client and one batcher per model, from the config."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from lva_core.inference.batcher import ModelBatcher
+from lva_core.inference.client import TritonClient
+
+
+def _is_local(url: str) -> bool:
+    host = url.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def use_shared_memory(triton: dict[str, Any]) -> bool:
+    """auto: system shared memory when Triton is on this machine (it must see our /dev/shm)."""
+    mode = str(triton.get("shared_memory", "auto")).lower()
+    if mode not in ("auto", "system", "none"):
+        raise ValueError(f"triton.shared_memory must be auto, system or none, not {mode!r}")
+    return mode == "system" or (mode == "auto" and _is_local(str(triton["url"])))
+
+
+class Inference:
+    def __init__(self, config: dict[str, Any]) -> None:
+        triton = config["triton"]
+        batching = triton.get("batching") or {}
+        self._batching = {
+            "max_batch": int(batching.get("max_batch", 8)),
+            "max_delay": float(batching.get("max_delay_ms", 5)) / 1000.0,
+            "queue_size": int(batching.get("queue_size", 64)),
+            "timeout": float(triton.get("request_timeout", 5.0)),
+        }
+        self.client = TritonClient(
+            str(triton["url"]),
+            shared_memory=use_shared_memory(triton),
+            pool_bytes=int(triton.get("shm_pool_mb", 256)) * 1024 * 1024,
+            timeout=float(triton.get("request_timeout", 5.0)),
+        )
+        self._batchers: dict[str, ModelBatcher] = {}
+
+    def batcher(self, model_name: str) -> ModelBatcher:
+        batcher = self._batchers.get(model_name)
+        if batcher is None:
+            batcher = ModelBatcher(self.client, model_name, **self._batching)  # type: ignore[arg-type]
+            self._batchers[model_name] = batcher
+        return batcher
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        await self.client.close()
