@@ -49,9 +49,21 @@ DEFAULTS: dict[str, Any] = {
         "model_repository": "triton_models",
         "model_control_mode": "explicit",
         "startup_timeout": 60.0,
+        # Deadline of one inference or model-metadata call, in seconds.
+        "request_timeout": 5.0,
+        # auto: system shared memory when Triton is on this machine, plain gRPC tensors otherwise.
+        "shared_memory": "auto",
+        "shm_pool_mb": 256,
+        # Cross-stream batching in the core, per model (Triton's dynamic batcher works on top).
+        "batching": {"max_batch": 8, "max_delay_ms": 5, "queue_size": 64},
         "log_path": "var/triton.log",
-        # Purpose -> model name; health checks every model named here.
-        "models": {"frame_stats": "frame_stats"},
+        # Analytic -> role -> model name. The health check covers every model named here, and an
+        # MLOps engineer points an analytic at another model by changing a name.
+        "models": {
+            "people_counter": {"detector": "person_detector"},
+            "human_tracking": {"detector": "face_detector", "attributes": "face_attributes"},
+            "pipeline_probe": {"model": "frame_stats"},
+        },
     },
     "plugins": {"disabled": []},
 }

@@ -114,9 +114,14 @@ async def test_batcher_batches_across_senders(shm_client: TritonClient) -> None:
     for index, mean in enumerate(results):
         np.testing.assert_allclose(mean, frames[index % len(frames)].mean(axis=(0, 1)), atol=1e-3)
     assert max(batcher.stats.sizes) > 1
-    stats_after = (await shm_client.statistics("frame_stats"))["model_stats"][0]
-    inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
-    executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
+    # Triton updates its statistics just after it answers: wait until all inferences show.
+    for _ in range(50):
+        stats_after = (await shm_client.statistics("frame_stats"))["model_stats"][0]
+        inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
+        executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
+        if inferences >= senders:
+            break
+        await asyncio.sleep(0.1)
     assert inferences == senders
     assert executions < senders  # Triton ran batches larger than one
 

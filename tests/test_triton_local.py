@@ -133,13 +133,19 @@ async def test_frame_stats_answers_each_request_of_a_dynamic_batch(
     images = [np.roll(photo, shift * 7, axis=1) // (shift + 1) for shift in range(8)]
     before = await client.get_inference_statistics("frame_stats", as_json=True)
     results = await asyncio.gather(*(frame_stats(client, image[np.newaxis]) for image in images))
-    after = await client.get_inference_statistics("frame_stats", as_json=True)
     for image, (mean_rgb, count) in zip(images, results, strict=True):
         np.testing.assert_allclose(mean_rgb[0], image.mean(axis=(0, 1), dtype=np.float64), rtol=0, atol=1e-3)
         assert count.tolist() == [[1]]
-    stats_before, stats_after = before["model_stats"][0], after["model_stats"][0]
-    inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
-    executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
+    stats_before = before["model_stats"][0]
+    # Triton updates its statistics just after it answers: wait until all eight show.
+    for _ in range(50):
+        after = await client.get_inference_statistics("frame_stats", as_json=True)
+        stats_after = after["model_stats"][0]
+        inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
+        executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
+        if inferences >= 8:
+            break
+        await asyncio.sleep(0.1)
     assert inferences == 8
     assert executions < inferences
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +86,9 @@ class ShmPool:
     def _create(self, size: int) -> Region:
         self._counter += 1
         name = f"{PREFIX}{os.getpid()}_{self._counter}"
+        # The resource tracker stays registered on purpose: if this process dies without
+        # close(), the tracker unlinks the region; close() unlinks (and unregisters) it itself.
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-        # This process owns the region's lifetime; the resource tracker would unlink it twice.
-        with contextlib.suppress(Exception):
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         region = Region(name, size, shm)
         self._all.append(region)
         self.unregistered.add(name)
