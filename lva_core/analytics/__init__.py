@@ -1,0 +1,1 @@
+"""Analytics plugins: pure functions of model outputs and per-stream state, producing events."""

@@ -1,0 +1,372 @@
+"""human_tracking: faces from a face detector, tracked across frames, with optional age and gender.
+
+Each analysed frame goes through the ``detector`` role (a model of the detector contract:
+``BOXES``, ``SCORES``, ``COUNT`` and, if it has them, ``LANDMARKS``). Faces whose box centre is
+outside ``roi`` are dropped; the rest feed the numpy ``Tracker`` (tracker.py) in source-frame
+pixels. A confirmed track produces a ``start`` event, ``update`` events at most every
+``event_policy.update_interval`` while it is seen, and an ``end`` event when it has been lost
+for more than ``max_age`` analysed frames, or when the stream stops.
+
+With the ``ags`` target (``attributes`` is accepted as a synonym), the ``attributes`` role (the
+face_attributes contract) estimates age and gender: **one** call per frame for all the frame's
+tracked faces. Its ``BOXES`` input keeps the detector's row count K, with the rows that are not
+needed zeroed (the model skips rows with no area): requests of every stream then have equal
+shapes and are batched together, by the core's batcher and by Triton's. A track's age and
+gender are the running means of its per-frame estimates, so they firm up as it is seen more.
+
+An event's ``face_detection``, ``time_offset`` and ``frame_number`` describe one frame: the
+current one for start and update, the last one in which the face was seen for end.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lva_core.analytics.base import Event, InferFn
+from lva_core.analytics.people_counter import inside, now_iso, rect, to_source_pixels, valid_rows
+from lva_core.analytics.tracker import Track, Tracker
+from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
+from lva_core.streams.frame import Frame
+
+_TIME_EPSILON = 1e-6
+# The face_attributes contract, version 1: GENDER is the probability of the second of its
+# gender_labels, "female,male" (the model refuses to load with other labels).
+_GENDER_LABELS = ("female", "male")
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "human_tracking parameters",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "roi": roi_schema(
+            "only faces whose box centre lies inside it are tracked; a face that leaves it is "
+            "lost, and its track ends after max_age analysed frames."
+        ),
+        "score_threshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+            "description": (
+                "Face detections scoring below this are ignored, on top of the detector model's "
+                "own threshold (0: keep every detection the model returns)."
+            ),
+        },
+        "start_score_threshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0.6,
+            "description": (
+                "A face must score at least this to start a track; weaker detections only "
+                "continue existing tracks (ByteTrack's second association stage), which keeps "
+                "tracks alive through blur and partial occlusion without starting false ones."
+            ),
+        },
+        "iou_threshold": {
+            "type": "number",
+            "minimum": 0.01,
+            "maximum": 1,
+            "default": 0.3,
+            "description": (
+                "Minimum overlap (intersection over union) between a track's predicted box and a "
+                "detection for them to match. Lower follows faster motion at low analysis rates, "
+                "higher confuses fewer neighbouring faces."
+            ),
+        },
+        "min_hits": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "default": 2,
+            "description": (
+                "Consecutive analysed frames a new face must be detected in before its track "
+                "starts (and its start event is sent); 1 starts tracks at once."
+            ),
+        },
+        "max_age": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 1000,
+            "default": 5,
+            "description": (
+                "Consecutive analysed frames a tracked face may go undetected and still continue "
+                "the same track; its track ends on the next miss."
+            ),
+        },
+        "event_policy": {
+            "type": "object",
+            "description": "Which track events are sent and how often.",
+            "default": {"phases": ["start", "update", "end"], "update_interval": 1, "unit": "second"},
+            "additionalProperties": False,
+            "properties": {
+                "phases": {
+                    "type": "array",
+                    "items": {"enum": ["start", "update", "end"]},
+                    "uniqueItems": True,
+                    "default": ["start", "update", "end"],
+                    "description": "The track phases that produce events.",
+                },
+                "update_interval": {
+                    "type": "number",
+                    "minimum": 0,
+                    "default": 1,
+                    "description": (
+                        "An update event is sent for a track seen on the current frame when at "
+                        "least this many units have passed since its last event (0: every "
+                        "analysed frame it is seen on)."
+                    ),
+                },
+                "unit": {
+                    "enum": ["second", "frame"],
+                    "default": "second",
+                    "description": "second: of stream time (time_offset); frame: of source frame numbers.",
+                },
+            },
+        },
+        "targets": {
+            "type": "array",
+            "items": {"enum": ["ags", "attributes"]},
+            "uniqueItems": True,
+            "default": [],
+            "description": (
+                "Estimations beyond face detection and tracking. ags (or its synonym attributes): "
+                "age in years and gender, with gender_score, averaged over the frames the track "
+                "was seen on. Without it, age, gender and gender_score are null."
+            ),
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    roi: Mapping[str, Any] | None
+    score_threshold: float
+    start_score_threshold: float
+    iou_threshold: float
+    min_hits: int
+    max_age: int
+    phases: frozenset[str]
+    update_interval: float
+    unit: str
+    attributes: bool
+
+    @classmethod
+    def parse(cls, parameters: Mapping[str, Any]) -> Settings:
+        policy = parameters["event_policy"]
+        return cls(
+            roi=parameters["roi"],
+            score_threshold=float(parameters["score_threshold"]),
+            start_score_threshold=float(parameters["start_score_threshold"]),
+            iou_threshold=float(parameters["iou_threshold"]),
+            min_hits=int(parameters["min_hits"]),
+            max_age=int(parameters["max_age"]),
+            phases=frozenset(policy["phases"]),
+            update_interval=float(policy["update_interval"]),
+            unit=str(policy["unit"]),
+            attributes=bool({"ags", "attributes"} & set(parameters["targets"])),
+        )
+
+
+@dataclass
+class TrackInfo:
+    """What the analytic keeps per track beyond the tracker's own state."""
+
+    uid: str
+    rect: dict[str, int]
+    score: float
+    landmarks: list[list[int]] | None
+    frame_number: int
+    time_offset: float
+    last_event_frame: int = 0
+    last_event_time: float = 0.0
+    age_sum: float = 0.0
+    male_sum: float = 0.0
+    estimates: int = 0
+
+
+@dataclass
+class TrackingState:
+    stream_id: str
+    settings: Settings
+    tracker: Tracker
+    tracks: dict[int, TrackInfo] = field(default_factory=dict)
+
+
+class HumanTracking:
+    """The human_tracking analytic (see the module docstring and the parameters' schema)."""
+
+    name = "human_tracking"
+    version = "1.0.0"
+    description = (
+        "Detects faces, tracks them across frames (IoU association, ByteTrack-style) and reports "
+        "each track's start, periodic updates and end, with the face's box, score and landmarks "
+        "in source-frame pixels and, on request, its estimated age and gender."
+    )
+    roles: Mapping[str, str] = {"detector": "detector", "attributes": "face_attributes"}
+
+    def parameters_schema(self) -> dict[str, Any]:
+        # A copy: whoever renders or extends it must not change what validate uses.
+        return copy.deepcopy(SCHEMA)
+
+    def validate(self, parameters: Mapping[str, Any], path: str) -> dict[str, Any]:
+        validated = validate(SCHEMA, parameters, path)
+        check_roi(validated["roi"], json_path(path, ["roi"]))
+        return validated
+
+    def start(self, stream_id: str, parameters: Mapping[str, Any]) -> TrackingState:
+        settings = Settings.parse(self.validate(parameters, "parameters"))
+        tracker = Tracker(
+            iou_threshold=settings.iou_threshold,
+            min_hits=settings.min_hits,
+            max_age=settings.max_age,
+            high_score=settings.start_score_threshold,
+        )
+        return TrackingState(stream_id, settings, tracker)
+
+    async def process(self, frame: Frame, state: TrackingState, infer: InferFn) -> list[Event]:
+        settings = state.settings
+        outputs = await infer("detector", {"IMAGE": frame.image})
+        all_boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4)
+        rows = valid_rows(outputs, settings.score_threshold)
+        boxes = to_source_pixels(all_boxes[rows], frame)
+        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+        keep = inside(centres, roi_rect(settings.roi, frame.source_size))
+        rows, boxes = rows[keep], boxes[keep]
+        scores = np.asarray(outputs["SCORES"]).reshape(-1)[rows]
+        landmarks = self._landmarks(outputs, rows, frame)
+
+        change = state.tracker.update(boxes, scores)
+        # Every track matched on this frame, tentative ones included: their attribute estimates
+        # count towards the means reported once they are confirmed.
+        seen = [track for track in state.tracker.tracks if track.detection is not None]
+        for track in seen:
+            index = track.detection
+            assert index is not None
+            info = state.tracks.get(track.track_id)
+            if info is None:
+                info = state.tracks[track.track_id] = TrackInfo(
+                    str(uuid.uuid4()), {}, 0.0, None, frame.frame_number, frame.time_offset
+                )
+            info.rect = rect(boxes[index])
+            info.score = round(float(scores[index]), 4)
+            info.landmarks = landmarks[index] if landmarks is not None else None
+            info.frame_number, info.time_offset = frame.frame_number, frame.time_offset
+        if settings.attributes and seen:
+            await self._estimate(frame, state, infer, all_boxes, rows, seen)
+        # Tentative tracks dropped by the tracker leave no trace here either.
+        live = {track.track_id for track in state.tracker.tracks}
+
+        events: list[Event] = []
+        for track in change.ended:
+            info = state.tracks.pop(track.track_id)
+            if "end" in settings.phases:
+                events.append(self._event(state, info, "end"))
+        for track in change.started:
+            info = state.tracks[track.track_id]
+            self._emitted(info, frame)
+            if "start" in settings.phases:
+                events.append(self._event(state, info, "start"))
+        for track in change.updated:
+            info = state.tracks[track.track_id]
+            if "update" in settings.phases and self._update_due(info, frame, settings):
+                self._emitted(info, frame)
+                events.append(self._event(state, info, "update"))
+        for track_id in [t for t in state.tracks if t not in live]:
+            del state.tracks[track_id]
+        return events
+
+    def stop(self, state: TrackingState) -> list[Event]:
+        ended = state.tracker.close()
+        infos = [state.tracks.pop(track.track_id) for track in ended]
+        state.tracks.clear()
+        if "end" not in state.settings.phases:
+            return []
+        return [self._event(state, info, "end") for info in infos]
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _landmarks(
+        outputs: Mapping[str, np.ndarray[Any, Any]], rows: np.ndarray[Any, Any], frame: Frame
+    ) -> list[list[list[int]]] | None:
+        """Per kept row, five [x, y] points in source-frame pixels; None without a LANDMARKS output."""
+        if "LANDMARKS" not in outputs:
+            return None
+        points = np.asarray(outputs["LANDMARKS"], dtype=np.float64).reshape(-1, 10)[rows].reshape(-1, 5, 2)
+        width, height = frame.size
+        points = points * np.array([width, height]) + np.array(frame.offset, dtype=np.float64)
+        return [[[round(float(x)), round(float(y))] for x, y in face] for face in points]
+
+    async def _estimate(
+        self,
+        frame: Frame,
+        state: TrackingState,
+        infer: InferFn,
+        all_boxes: np.ndarray[Any, Any],
+        rows: np.ndarray[Any, Any],
+        seen: list[Track],
+    ) -> None:
+        """Age and gender of every face seen on this frame, in one call; added to the tracks' means."""
+        wanted = np.zeros(len(all_boxes), dtype=bool)
+        for track in seen:
+            assert track.detection is not None
+            wanted[rows[track.detection]] = True
+        # The detector's K rows, unwanted ones zeroed: equal shapes across streams (see above).
+        request = np.where(wanted[:, None], all_boxes, 0.0).astype(np.float32)
+        outputs = await infer("attributes", {"IMAGE": frame.image, "BOXES": request})
+        ages = np.asarray(outputs["AGE"], dtype=np.float64).reshape(-1)
+        males = np.asarray(outputs["GENDER"], dtype=np.float64).reshape(-1)
+        for track in seen:
+            assert track.detection is not None
+            row = int(rows[track.detection])
+            info = state.tracks[track.track_id]
+            info.age_sum += float(ages[row])
+            info.male_sum += float(males[row])
+            info.estimates += 1
+
+    @staticmethod
+    def _update_due(info: TrackInfo, frame: Frame, settings: Settings) -> bool:
+        if settings.unit == "frame":
+            elapsed = float(frame.frame_number - info.last_event_frame)
+        else:
+            elapsed = frame.time_offset - info.last_event_time
+        # A negative elapsed time means the source started over: report at once.
+        return elapsed < 0 or elapsed >= settings.update_interval - _TIME_EPSILON
+
+    @staticmethod
+    def _emitted(info: TrackInfo, frame: Frame) -> None:
+        info.last_event_frame, info.last_event_time = frame.frame_number, frame.time_offset
+
+    @staticmethod
+    def _event(state: TrackingState, info: TrackInfo, phase: str) -> Event:
+        age: float | None = None
+        gender: str | None = None
+        gender_score: float | None = None
+        if state.settings.attributes and info.estimates:
+            age = round(info.age_sum / info.estimates, 1)
+            p_male = info.male_sum / info.estimates
+            gender = _GENDER_LABELS[1] if p_male >= 0.5 else _GENDER_LABELS[0]
+            gender_score = round(max(p_male, 1.0 - p_male), 4)
+        return {
+            "event_type": "human_tracking",
+            "event_id": str(uuid.uuid4()),
+            "stream_id": state.stream_id,
+            "event_create_time": now_iso(),
+            "track_id": info.uid,
+            "phase": phase,
+            "face_detection": {"rect": dict(info.rect), "score": info.score, "landmarks": info.landmarks},
+            "age": age,
+            "gender": gender,
+            "gender_score": gender_score,
+            "time_offset": info.time_offset,
+            "frame_number": info.frame_number,
+        }

@@ -1,0 +1,359 @@
+"""people_counter: LUNA's "crowd" event, from a person detector's boxes.
+
+For each analysed frame the analytic counts the person detections whose box centre lies inside
+its ``roi``. A state machine turns these counts into events: the stream is "crowded" once
+``probe_count`` consecutive analysed frames count at least ``people_count_threshold`` people,
+and no longer crowded once ``probe_count`` consecutive analysed frames count fewer. Requiring
+several agreeing frames both ways (hysteresis) is what keeps one missed or one spurious
+detection from producing a start/end pair. ``event_policy`` then says which of these moments
+are reported: the start of a crowd, its end, or its state every ``interval`` seconds while it
+lasts. An event describes the frame it is emitted on: ``people_count`` and the detections are
+that frame's, so that the count always equals the number of coordinates.
+
+Coordinates are source-frame pixels: the detector's boxes are normalised to ``frame.image``
+(the stream's rotated, ROI-cropped picture), so they are scaled by ``frame.size`` and shifted by
+``frame.offset``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from lva_core.analytics.base import Event, InferFn
+from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
+from lva_core.streams.frame import Frame
+
+# Stream time may come from decoder timestamps: a period of 1 s must not be skipped because a
+# frame lands a few microseconds early.
+_TIME_EPSILON = 1e-6
+
+
+def now_iso() -> str:
+    """The current time in ISO 8601, UTC (``2024-05-01T12:00:00.123456+00:00``)."""
+    return datetime.now(UTC).isoformat()
+
+
+def to_source_pixels(boxes: np.ndarray[Any, Any], frame: Frame) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Boxes ``[n, 4]`` normalised to ``frame.image`` -> x1, y1, x2, y2 in source-frame pixels."""
+    width, height = frame.size
+    dx, dy = frame.offset
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    shift = np.array([dx, dy, dx, dy], dtype=np.float64)
+    result: np.ndarray[Any, np.dtype[np.float64]] = (
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale + shift
+    )
+    return result
+
+
+def rect(box: np.ndarray[Any, Any]) -> dict[str, int]:
+    """x1, y1, x2, y2 (pixels) -> LUNA's ``{"x", "y", "width", "height"}`` in whole pixels.
+
+    The corners are rounded, then the size taken between them, so that adjacent boxes stay
+    adjacent instead of each side rounding on its own.
+    """
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
+
+
+def valid_rows(outputs: Mapping[str, np.ndarray[Any, Any]], score_threshold: float) -> np.ndarray[Any, Any]:
+    """Indices of a detector's valid rows (the contract: the first COUNT rows) worth keeping.
+
+    Rows with no area or scoring below ``score_threshold`` are skipped.
+    """
+    boxes = np.asarray(outputs["BOXES"]).reshape(-1, 4)
+    scores = np.asarray(outputs["SCORES"]).reshape(-1)
+    count = min(int(np.asarray(outputs["COUNT"]).reshape(-1)[0]), len(boxes), len(scores))
+    rows = np.arange(count)
+    keep = (
+        (boxes[:count, 2] > boxes[:count, 0])
+        & (boxes[:count, 3] > boxes[:count, 1])
+        & (scores[:count] >= score_threshold)
+    )
+    return rows[keep]
+
+
+def inside(centres: np.ndarray[Any, Any], area: tuple[float, float, float, float]) -> np.ndarray[Any, Any]:
+    """Which of the points ``[n, 2]`` lie in the half-open rectangle (x1, y1, x2, y2)."""
+    x1, y1, x2, y2 = area
+    return (centres[:, 0] >= x1) & (centres[:, 0] < x2) & (centres[:, 1] >= y1) & (centres[:, 1] < y2)
+
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "people_counter parameters",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "roi": roi_schema(
+            "only people whose box centre lies inside it are counted (the whole frame is still "
+            "analysed, so people cut by the roi's edge are found as well as any other)."
+        ),
+        "rate": {
+            "type": "object",
+            "description": (
+                "How often a frame is analysed, on top of the stream's frame_processing sampling: "
+                "a sampled frame is analysed when at least `period` units have passed since the "
+                "last analysed one. Frames in between are not sent to the detector at all."
+            ),
+            "default": {"period": 1, "unit": "second"},
+            "additionalProperties": False,
+            "properties": {
+                "period": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "default": 1,
+                    "description": "Units between two analysed frames (a whole number >= 1 for frames).",
+                },
+                "unit": {
+                    "enum": ["second", "frame"],
+                    "default": "second",
+                    "description": "second: of stream time (time_offset); frame: of source frame numbers.",
+                },
+            },
+            "if": {"type": "object", "properties": {"unit": {"const": "frame"}}},
+            "then": {"properties": {"period": {"type": "integer", "minimum": 1}}},
+        },
+        "probe_count": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "default": 2,
+            "description": (
+                "Consecutive analysed frames that must agree before the crowd state changes: it "
+                "starts after probe_count frames with people_count >= people_count_threshold, and "
+                "ends after probe_count frames below it. 1 reacts to every frame; more suppresses "
+                "flicker from single missed or spurious detections."
+            ),
+        },
+        "people_count_threshold": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 1,
+            "description": (
+                "People (inside the roi) from which a frame counts as crowded. 0 makes every "
+                "frame crowded: with the period trigger, the count is reported every interval."
+            ),
+        },
+        "event_policy": {
+            "type": "object",
+            "description": "Which moments of the crowd state produce an event.",
+            "default": {"trigger": "start", "interval": 1},
+            "additionalProperties": False,
+            "properties": {
+                "trigger": {
+                    "enum": ["start", "end", "period"],
+                    "default": "start",
+                    "description": (
+                        "start: one event when a crowd starts; end: one event when it ends (with "
+                        "the count that ended it); period: an event when it starts, then one every "
+                        "interval seconds of stream time while it lasts."
+                    ),
+                },
+                "interval": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "default": 1,
+                    "description": "Seconds between events of the period trigger (ignored otherwise).",
+                },
+            },
+        },
+        "targets": {
+            "type": "array",
+            "description": (
+                "What an event carries besides people_count: coordinates adds the detections "
+                "(rect and score) and overview.people_coordinates (box centres); overview adds "
+                "overview.time_offset and overview.frame_number, the frame the event describes."
+            ),
+            "items": {"enum": ["coordinates", "overview"]},
+            "uniqueItems": True,
+            "default": ["coordinates", "overview"],
+        },
+        "score_threshold": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+            "description": (
+                "Detections scoring below this are ignored, on top of the detector model's own "
+                "threshold (0: keep every detection the model returns)."
+            ),
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated parameters, typed (JSON numbers may arrive as floats, e.g. through protobuf Struct)."""
+
+    roi: Mapping[str, Any] | None
+    period: float
+    unit: str
+    probe_count: int
+    threshold: int
+    trigger: str
+    interval: float
+    coordinates: bool
+    overview: bool
+    score_threshold: float
+
+    @classmethod
+    def parse(cls, parameters: Mapping[str, Any]) -> Settings:
+        rate, policy, targets = parameters["rate"], parameters["event_policy"], parameters["targets"]
+        return cls(
+            roi=parameters["roi"],
+            period=float(rate["period"]),
+            unit=str(rate["unit"]),
+            probe_count=int(parameters["probe_count"]),
+            threshold=int(parameters["people_count_threshold"]),
+            trigger=str(policy["trigger"]),
+            interval=float(policy["interval"]),
+            coordinates="coordinates" in targets,
+            overview="overview" in targets,
+            score_threshold=float(parameters["score_threshold"]),
+        )
+
+
+@dataclass
+class CounterState:
+    stream_id: str
+    settings: Settings
+    # The last probe_count verdicts (count >= threshold) of analysed frames.
+    verdicts: deque[bool] = field(default_factory=deque)
+    crowded: bool = False
+    # The rate's clock (frame number or time offset) of the last analysed frame, and when the
+    # next frame is due.
+    last_value: float | None = None
+    next_due: float | None = None
+    last_event_time: float | None = None
+
+
+class PeopleCounter:
+    """The people_counter analytic (see the module docstring and the parameters' schema)."""
+
+    name = "people_counter"
+    version = "1.0.0"
+    description = (
+        "Counts the people a person detector finds inside a region of interest and reports crowds "
+        "(LUNA's 'crowd' event): when the count reaches a threshold, when it drops below it, or "
+        "periodically while it stays above, with the people's coordinates in source-frame pixels."
+    )
+    roles: Mapping[str, str] = {"detector": "detector"}
+
+    def parameters_schema(self) -> dict[str, Any]:
+        # A copy: whoever renders or extends it must not change what validate uses.
+        return copy.deepcopy(SCHEMA)
+
+    def validate(self, parameters: Mapping[str, Any], path: str) -> dict[str, Any]:
+        validated = validate(SCHEMA, parameters, path)
+        check_roi(validated["roi"], json_path(path, ["roi"]))
+        return validated
+
+    def start(self, stream_id: str, parameters: Mapping[str, Any]) -> CounterState:
+        # Validated again so that state never depends on the caller having filled the defaults.
+        settings = Settings.parse(self.validate(parameters, "parameters"))
+        return CounterState(stream_id, settings, deque(maxlen=settings.probe_count))
+
+    def _due(self, frame: Frame, state: CounterState) -> bool:
+        """Whether ``rate`` lets this frame be analysed (and, if so, when the next one is due).
+
+        Due times lie on a grid of ``period`` from the first analysed frame rather than at
+        ``period`` after the last one: frames sampled every 0.4 s with a period of 1 s are then
+        analysed at 0, 1.2, 2.0, 3.2 s (on average once a second) instead of drifting to one
+        every 1.2 s. After a gap longer than a period the grid restarts at the frame that ended it.
+        """
+        settings = state.settings
+        value = float(frame.frame_number) if settings.unit == "frame" else frame.time_offset
+        last, next_due = state.last_value, state.next_due
+        if last is None or next_due is None or value < last:
+            due = True  # the first frame, or the source started over (a restart, a looped file)
+            next_due = value
+        else:
+            due = value >= next_due - _TIME_EPSILON
+        if due:
+            next_due += settings.period
+            state.next_due = next_due if next_due > value + _TIME_EPSILON else value + settings.period
+            state.last_value = value
+        return due
+
+    async def process(self, frame: Frame, state: CounterState, infer: InferFn) -> list[Event]:
+        if not self._due(frame, state):
+            return []
+        settings = state.settings
+        outputs = await infer("detector", {"IMAGE": frame.image})
+        rows = valid_rows(outputs, settings.score_threshold)
+        boxes = to_source_pixels(np.asarray(outputs["BOXES"]).reshape(-1, 4)[rows], frame)
+        scores = np.asarray(outputs["SCORES"]).reshape(-1)[rows]
+        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+        keep = inside(centres, roi_rect(settings.roi, frame.source_size))
+        boxes, scores, centres = boxes[keep], scores[keep], centres[keep]
+        count = len(boxes)
+
+        state.verdicts.append(count >= settings.threshold)
+        was_crowded = state.crowded
+        if len(state.verdicts) == settings.probe_count and len(set(state.verdicts)) == 1:
+            state.crowded = state.verdicts[0]
+
+        emit = False
+        if settings.trigger == "start":
+            emit = state.crowded and not was_crowded
+        elif settings.trigger == "end":
+            emit = was_crowded and not state.crowded
+        elif state.crowded:  # period: at the start, then every interval while crowded
+            last = state.last_event_time
+            emit = (
+                not was_crowded
+                or last is None
+                or frame.time_offset < last  # the source started over
+                or frame.time_offset - last >= settings.interval - _TIME_EPSILON
+            )
+        if not state.crowded:
+            state.last_event_time = None
+        if not emit:
+            return []
+        state.last_event_time = frame.time_offset
+        return [self._event(frame, state, count, boxes, scores, centres)]
+
+    def _event(
+        self,
+        frame: Frame,
+        state: CounterState,
+        count: int,
+        boxes: np.ndarray[Any, Any],
+        scores: np.ndarray[Any, Any],
+        centres: np.ndarray[Any, Any],
+    ) -> Event:
+        settings = state.settings
+        event: Event = {
+            "event_type": "crowd",
+            "event_id": str(uuid.uuid4()),
+            "stream_id": state.stream_id,
+            "event_create_time": now_iso(),
+            "people_count": count,
+        }
+        overview: dict[str, Any] = {}
+        if settings.coordinates:
+            overview["people_coordinates"] = [[round(float(x)), round(float(y))] for x, y in centres]
+        if settings.overview:
+            overview["time_offset"] = frame.time_offset
+            overview["frame_number"] = frame.frame_number
+        if overview:
+            event["overview"] = overview
+        if settings.coordinates:
+            event["detections"] = [
+                {"rect": rect(box), "score": round(float(score), 4)}
+                for box, score in zip(boxes, scores, strict=True)
+            ]
+        return event
+
+    def stop(self, state: CounterState) -> list[Event]:
+        # A crowd does not end because the stream does: nothing is flushed.
+        return []

@@ -1,0 +1,1 @@
+"""The stream engine: sources, decoding, lifecycle, and the loop that feeds analytics."""
