@@ -16,8 +16,6 @@ from lva.v1 import (
     agent_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
     streams_pb2,
     streams_pb2_grpc,
 )

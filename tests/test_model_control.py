@@ -23,7 +23,6 @@ from lva_core.triton.local import LocalTriton
 from tests.helpers import MODEL_REPOSITORY, TRITON_ENV, Service, free_port, start_core, start_facade
 from tests.test_e2e_rest import assert_luna_error
 
-
 BROKEN_MODEL = """
 class TritonPythonModel:
     def initialize(self, args):
