@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -60,6 +60,11 @@ docs: $(VENV)/.installed
 models: $(VENV)/.installed
 	$(PY) tools/fetch_models.py --repo triton_models
 
+# The sample clip: real photographs from scikit-image, animated and encoded with PyAV.
+sample: var/sample.mp4
+var/sample.mp4: $(VENV)/.installed tools/make_sample_clip.py
+	$(PY) tools/make_sample_clip.py var/sample.mp4
+
 # Generated code is committed; this only regenerates it when lva/ is missing altogether.
 lva/__init__.py:
 	$(MAKE) proto
@@ -67,7 +72,7 @@ lva/__init__.py:
 test: $(VENV)/.installed triton-env lva/__init__.py docs models
 	$(PY) -m pytest -ra
 
-run: $(VENV)/.installed triton-env lva/__init__.py docs models
+run: $(VENV)/.installed triton-env lva/__init__.py docs models var/sample.mp4
 	$(PY) -m lva_core.stack
 
 clean:

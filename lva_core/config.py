@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "request_timeout": 30.0,
         "docs_dir": "docs/_build/html",
         "max_body_size": 1048576,
+        # Seconds between the WebSocket's server pings (autoping).
+        "ws_heartbeat": 20.0,
         # Reserved for bearer-token authentication (not enforced yet); shown masked in /1/config.
         "auth_token": "",
     },
@@ -64,6 +66,17 @@ DEFAULTS: dict[str, Any] = {
             "human_tracking": {"detector": "face_detector", "attributes": "face_attributes"},
             "pipeline_probe": {"model": "frame_stats"},
         },
+    },
+    "streams": {
+        # Seconds for a source to open, and for one read: a frozen source fails after read_timeout.
+        "open_timeout": 5.0,
+        "read_timeout": 5.0,
+        # Decoded frames waiting for analysis per stream; live sources drop the oldest.
+        "buffer_size": 2,
+        # Messages waiting per event subscriber; a slow one loses the oldest.
+        "subscriber_queue": 256,
+        # Directories local video files may come from; empty allows any readable file.
+        "allowed_file_dirs": [],
     },
     "plugins": {"disabled": []},
 }

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,10 +22,15 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
+from lva_core.analytics.registry import discover_analytics
+from lva_core.events.bus import EventBus
 from lva_core.inference.service import Inference
 from lva_core.interceptor import LunaErrorInterceptor
 from lva_core.services.agent import AgentServicer
+from lva_core.services.analytics import AnalyticsServicer
 from lva_core.services.models import ModelsServicer
+from lva_core.services.streams import StreamsServicer
+from lva_core.streams.manager import StreamManager
 from lva_core.triton.runtime import TritonRuntime
 
 log = logging.getLogger("lva_core")
@@ -45,6 +50,9 @@ class CoreServer:
         self.config = config
         self.triton = TritonRuntime(config)
         self.inference = Inference(config)
+        self.bus = EventBus(int((config.get("streams") or {}).get("subscriber_queue", 256)))
+        self.catalogue = discover_analytics(config)
+        self.streams = StreamManager(config, self.inference, self.bus, self.catalogue)
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -54,12 +62,8 @@ class CoreServer:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.config, self.triton), self.server
         )
-        # Declared in the contract, implemented by later work: the generated base servicers raise
-        # NotImplementedError, which the interceptor answers as UNIMPLEMENTED (47008). The stubs
-        # mark them abstract, hence the casts.
-        streams = cast(Any, streams_pb2_grpc.StreamsServiceServicer)()
-        analytics = cast(Any, analytics_pb2_grpc.AnalyticsServiceServicer)()
-        streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
+        streams_pb2_grpc.add_StreamsServiceServicer_to_server(StreamsServicer(self.streams), self.server)
+        analytics = AnalyticsServicer(self.catalogue, self.config["triton"].get("models") or {})
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(
             ModelsServicer(self.inference.client), self.server
@@ -96,6 +100,7 @@ class CoreServer:
             self._triton_start.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._triton_start
+        await self.streams.close()
         await self.inference.close()
         await self.triton.stop()
         log.info("core stopped")

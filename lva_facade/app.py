@@ -16,6 +16,7 @@ from lva_facade.openapi import build_openapi
 from lva_facade.request_id import request_id_middleware
 from lva_facade.routes import Route, discover_routes, lva_services
 from lva_facade.transcoder import CoreClient, add_routes
+from lva_facade.ws_bridge import add_ws_route
 
 CORE_KEY = web.AppKey("core", CoreClient)
 ROUTES_KEY = web.AppKey("routes", list[Route])
@@ -35,6 +36,9 @@ def build_app(
     routes = discover_routes(services if services is not None else lva_services())
     core = CoreClient(facade["core_address"], float(facade["request_timeout"]))
     add_routes(app, routes, core)
+    for route in routes:
+        if route.server_streaming and route.method.full_name == "lva.v1.StreamsService.WatchStream":
+            add_ws_route(app, route, core, float(facade.get("ws_heartbeat", 20.0)))
     spec = build_openapi(routes, title, version("luna-video-agent"))
     add_docs_routes(app, spec, Path(facade["docs_dir"]))
     app[CORE_KEY] = core

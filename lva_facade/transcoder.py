@@ -77,6 +77,22 @@ class CoreClient:
             self._callables[route.grpc_path] = stub
         return stub
 
+    def channel_method(self, path: str, request_cls: Any, response_cls: Any) -> Any:
+        """A cached unary stub for a method the facade calls by itself (the WebSocket's checks)."""
+
+        def stub() -> Any:
+            cached = self._callables.get(path)
+            if cached is None:
+                cached = self.channel.unary_unary(
+                    path,
+                    request_serializer=request_cls.SerializeToString,
+                    response_deserializer=response_cls.FromString,
+                )
+                self._callables[path] = cached
+            return cached
+
+        return stub
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()

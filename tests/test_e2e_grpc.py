@@ -61,18 +61,24 @@ async def test_check_health(channel: grpc.aio.Channel) -> None:
     assert error is not None and error.code == 12012
 
 
-async def test_unimplemented_rpcs_carry_a_luna_code(channel: grpc.aio.Channel) -> None:
-    calls = [
-        streams_pb2_grpc.StreamsServiceStub(channel).ListStreams(streams_pb2.ListStreamsRequest()),
-        streams_pb2_grpc.StreamsServiceStub(channel).GetStream(streams_pb2.GetStreamRequest(stream_id="x")),
-        analytics_pb2_grpc.AnalyticsServiceStub(channel).ListAnalytics(analytics_pb2.ListAnalyticsRequest()),
-    ]
-    for call in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        error = from_trailers(caught.value.trailing_metadata())
-        assert error is not None and error.code == 47008
+async def test_streams_and_analytics_rpcs(channel: grpc.aio.Channel) -> None:
+    streams = streams_pb2_grpc.StreamsServiceStub(channel)
+    listed = await streams.ListStreams(streams_pb2.ListStreamsRequest(page_size=5))
+    assert listed.count >= len(listed.streams)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await streams.GetStream(streams_pb2.GetStreamRequest(stream_id="x"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = from_trailers(caught.value.trailing_metadata())
+    assert error is not None and error.code == 12012
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await streams.GetStream(
+            streams_pb2.GetStreamRequest(stream_id="70c75b04-1ec8-4aa1-930c-ddad9e47b54b")
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    catalogue = await analytics_pb2_grpc.AnalyticsServiceStub(channel).ListAnalytics(
+        analytics_pb2.ListAnalyticsRequest()
+    )
+    assert {a.name for a in catalogue.analytics} == {"people_counter", "human_tracking"}
 
 
 async def test_standard_health_service(channel: grpc.aio.Channel) -> None:

@@ -203,14 +203,6 @@ async def test_docs_dev_redirects_to_the_manual(http: aiohttp.ClientSession, bas
         assert resp.status == 404
 
 
-async def test_declared_but_unimplemented_routes(http: aiohttp.ClientSession, base_url: str) -> None:
-    async with http.get(f"{base_url}/1/streams") as resp:
-        assert resp.status == 501
-        assert_luna_error(await resp.json(), 47008)
-    async with http.get(f"{base_url}/1/analytics") as resp:
-        assert resp.status == 501
-
-
 async def test_unknown_route_and_method(http: aiohttp.ClientSession, base_url: str) -> None:
     async with http.get(f"{base_url}/1/nowhere") as resp:
         assert resp.status == 404

@@ -1,0 +1,1 @@
+"""Per-stream publish/subscribe, with bounded queues per subscriber."""

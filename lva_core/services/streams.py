@@ -1,0 +1,87 @@
+"""StreamsService: thin gRPC over the StreamManager, and the server-streaming watch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from lva.v1 import streams_pb2, streams_pb2_grpc
+from lva_core.events.bus import Message
+from lva_core.streams.manager import StreamManager, status_message
+from lva_core.streams.state import Status
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def watch_response(message: Message, lost: int) -> streams_pb2.WatchStreamResponse:
+    results = struct_pb2.Struct()
+    results.update(message.get("analytics_results") or {})
+    response = streams_pb2.WatchStreamResponse(
+        stream_status=Status(message["stream_status"]).proto,  # type: ignore[arg-type]
+        analytics_results=results,
+        lost_messages=lost,
+    )
+    if message.get("error") is not None:
+        response.error = str(message["error"])
+    return response
+
+
+class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
+    def __init__(self, manager: StreamManager) -> None:
+        self._manager = manager
+
+    async def CreateStream(
+        self, request: streams_pb2.CreateStreamRequest, context: Context
+    ) -> streams_pb2.CreateStreamResponse:
+        record = self._manager.create(request)
+        return streams_pb2.CreateStreamResponse(
+            stream_id=record.stream_id, url=f"/1/streams/{record.stream_id}"
+        )
+
+    async def GetStream(
+        self, request: streams_pb2.GetStreamRequest, context: Context
+    ) -> streams_pb2.GetStreamResponse:
+        return streams_pb2.GetStreamResponse(
+            stream=self._manager.get(request.stream_id, request.account_id).to_proto()
+        )
+
+    async def ListStreams(
+        self, request: streams_pb2.ListStreamsRequest, context: Context
+    ) -> streams_pb2.ListStreamsResponse:
+        status = (
+            None
+            if request.status == streams_pb2.STREAM_STATUS_UNSPECIFIED
+            else Status.from_proto(request.status)
+        )
+        records, count = self._manager.list(request.account_id, status, request.page, request.page_size)
+        return streams_pb2.ListStreamsResponse(streams=[r.to_proto() for r in records], count=count)
+
+    async def UpdateStream(
+        self, request: streams_pb2.UpdateStreamRequest, context: Context
+    ) -> streams_pb2.UpdateStreamResponse:
+        target = Status.from_proto(request.status)
+        record = await self._manager.update(request.stream_id, target)
+        return streams_pb2.UpdateStreamResponse(stream=record.to_proto())
+
+    async def DeleteStream(
+        self, request: streams_pb2.DeleteStreamRequest, context: Context
+    ) -> streams_pb2.DeleteStreamResponse:
+        await self._manager.delete(request.stream_id)
+        return streams_pb2.DeleteStreamResponse()
+
+    async def WatchStream(
+        self, request: streams_pb2.WatchStreamRequest, context: Context
+    ) -> AsyncIterator[streams_pb2.WatchStreamResponse]:
+        record = self._manager.get(request.stream_id, request.account_id)
+        bus = self._manager.bus
+        subscription = bus.subscribe(record.stream_id)
+        try:
+            # The current status first, so that a watcher knows where the stream stands.
+            yield watch_response(status_message(record), 0)
+            while (delivery := await subscription.get()) is not None:
+                yield watch_response(delivery.message, delivery.lost)
+        finally:
+            bus.unsubscribe(subscription)

@@ -1,0 +1,92 @@
+"""Create-time validation of a stream: every error names the path of the bad field (12027)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from lva.v1 import streams_pb2
+from lva_core.analytics.base import Analytic
+from lva_core.errors import BAD_JSON, LunaError
+from lva_core.streams.record import AnalyticSpec
+from lva_core.streams.source import SourceError, validate_reference
+
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+
+def invalid(path: str, message: str) -> LunaError:
+    return LunaError(BAD_JSON, f"{path}: {message}", {"path": path})
+
+
+def check_uuid(value: str, path: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise invalid(path, f"{value!r} is not a UUID") from None
+
+
+def validate_data(data: streams_pb2.StreamData, allowed_dirs: list[Path] | None) -> streams_pb2.StreamData:
+    checked = streams_pb2.StreamData()
+    checked.CopyFrom(data)
+    if not data.reference:
+        raise invalid("data.reference", "is required")
+    if checked.type == streams_pb2.SOURCE_TYPE_UNSPECIFIED:
+        network = data.reference.lower().startswith(NETWORK_SCHEMES)
+        checked.type = streams_pb2.SOURCE_TYPE_STREAM if network else streams_pb2.SOURCE_TYPE_VIDEOFILE
+    kind = "videofile" if checked.type == streams_pb2.SOURCE_TYPE_VIDEOFILE else "stream"
+    try:
+        validate_reference(data.reference, kind, allowed_dirs)
+    except SourceError as error:
+        raise invalid("data.reference", f"{error.kind}: {error}") from None
+    if data.rotation not in (0, 90, 180, 270):
+        raise invalid("data.rotation", "must be 0, 90, 180 or 270")
+    if data.HasField("roi"):
+        roi = data.roi
+        for name in ("x", "y", "width", "height"):
+            if getattr(roi, name) < 0:
+                raise invalid(f"data.roi.{name}", "must not be negative")
+        outside = roi.x + roi.width > 100 or roi.y + roi.height > 100
+        if roi.mode == streams_pb2.ROI_MODE_PERCENT and outside:
+            raise invalid("data.roi", "a percent ROI must lie within 0..100")
+    rate = data.frame_processing.rate
+    if data.frame_processing.HasField("rate"):
+        if rate.period <= 0:
+            raise invalid("data.frame_processing.rate.period", "must be positive")
+        if rate.unit != streams_pb2.RATE_UNIT_SECOND and not float(rate.period).is_integer():
+            raise invalid("data.frame_processing.rate.period", "must be a whole number of frames")
+    return checked
+
+
+def validate_analytics(
+    configs: list[streams_pb2.AnalyticConfig], catalogue: Mapping[str, Analytic]
+) -> list[AnalyticSpec]:
+    specs: list[AnalyticSpec] = []
+    for index, config in enumerate(configs):
+        path = f"analytics[{index}]"
+        analytic = catalogue.get(config.analytic_name)
+        if analytic is None:
+            known = ", ".join(sorted(catalogue)) or "none"
+            message = f"unknown analytic {config.analytic_name!r} (known: {known})"
+            raise invalid(f"{path}.analytic_name", message)
+        if any(spec.name == config.analytic_name for spec in specs):
+            raise invalid(f"{path}.analytic_name", f"{config.analytic_name!r} is listed twice")
+        parameters: dict[str, Any] = json_format.MessageToDict(config.parameters)
+        specs.append(AnalyticSpec(config.analytic_name, analytic.validate(parameters, f"{path}.parameters")))
+    return specs
+
+
+def validate_autorestart(request: streams_pb2.CreateStreamRequest) -> streams_pb2.Autorestart:
+    if not request.HasField("autorestart"):
+        return streams_pb2.Autorestart(restart=1, attempt_count=10, delay=1.0)
+    autorestart = request.autorestart
+    if autorestart.restart not in (0, 1):
+        raise invalid("autorestart.restart", "must be 0 or 1")
+    if autorestart.attempt_count < 0:
+        raise invalid("autorestart.attempt_count", "must not be negative")
+    if autorestart.delay < 0:
+        raise invalid("autorestart.delay", "must not be negative")
+    return autorestart

@@ -1,0 +1,200 @@
+"""One worker per active stream: open the source, decode in a thread, analyse, publish.
+
+Reconnection lives here: a source that is down at start-up, dies, freezes or ends while live
+goes to ``restart`` and is retried with capped exponential backoff under ``autorestart``; when
+the attempts run out the stream goes to ``failure`` with the classified error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lva.v1 import streams_pb2
+from lva_core.analytics.base import Analytic, InferFn
+from lva_core.errors import LunaError
+from lva_core.logs import request_id_var
+from lva_core.streams.buffer import BufferStrategy, FrameBuffer
+from lva_core.streams.frame import Frame
+from lva_core.streams.record import StreamRecord
+from lva_core.streams.source import SourceError, SourceSpec, VideoSource
+from lva_core.streams.state import Status
+
+log = logging.getLogger("lva_core.streams")
+
+MAX_BACKOFF = 30.0
+_ROI_MODES = {streams_pb2.ROI_MODE_PERCENT: "percent"}
+_RATE_UNITS = {streams_pb2.RATE_UNIT_SECOND: "second"}
+
+Publish = Callable[[StreamRecord, dict[str, Any]], None]
+InferFactory = Callable[[Analytic], InferFn]
+
+
+def source_spec(record: StreamRecord, timeouts: dict[str, float]) -> SourceSpec:
+    data = record.data
+    roi = None
+    if data.HasField("roi") and data.roi.width > 0 and data.roi.height > 0:
+        roi = (data.roi.x, data.roi.y, data.roi.width, data.roi.height)
+    rate = data.frame_processing.rate
+    return SourceSpec(
+        reference=data.reference,
+        kind="videofile" if data.type == streams_pb2.SOURCE_TYPE_VIDEOFILE else "stream",
+        rotation=data.rotation,
+        roi=roi,
+        roi_mode=_ROI_MODES.get(data.roi.mode, "abs"),
+        rate_period=rate.period or 1.0,
+        rate_unit=_RATE_UNITS.get(rate.unit, "frame"),
+        open_timeout=timeouts["open_timeout"],
+        read_timeout=timeouts["read_timeout"],
+    )
+
+
+def backoff(attempt: int, initial: float) -> float:
+    return float(min(MAX_BACKOFF, max(0.05, initial) * 2 ** max(0, attempt - 1)))
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        record: StreamRecord,
+        analytics: list[tuple[str, Analytic, dict[str, Any]]],
+        infer_for: InferFactory,
+        publish: Publish,
+        set_status: Callable[[StreamRecord, Status, str | None], None],
+        timeouts: dict[str, float],
+        buffer_size: int = 2,
+    ) -> None:
+        self.record = record
+        self.analytics = analytics
+        self.infer_for = infer_for
+        self.publish = publish
+        self.set_status = set_status
+        self.timeouts = timeouts
+        self.buffer_size = buffer_size
+        self.task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._connected = False
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"stream:{self.record.stream_id}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def _run(self) -> None:
+        request_id_var.set(f"stream {self.record.stream_id}")
+        record = self.record
+        live = record.data.type != streams_pb2.SOURCE_TYPE_VIDEOFILE
+        attempts = 0
+        while True:
+            try:
+                await self._session(live)
+                self.set_status(record, Status.DONE, None)
+                return
+            except SourceError as error:
+                message = f"{error.kind}: {error}"
+                if self._connected:
+                    # The source worked until now: a fresh loss gets the whole attempt budget.
+                    attempts, self._connected = 0, False
+                restartable = record.autorestart.restart and error.kind != "unsupported_codec"
+                if restartable and attempts < record.autorestart.attempt_count:
+                    attempts += 1
+                    record.statistics.reconnects += 1
+                    self.set_status(record, Status.RESTART, message)
+                    delay = backoff(attempts, record.autorestart.delay)
+                    log.info("source lost (%s); attempt %d in %.1f s", message, attempts, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                self.set_status(record, Status.FAILURE, message)
+                return
+            except Exception:
+                log.exception("stream worker crashed")
+                self.set_status(record, Status.FAILURE, "internal error; see the core log")
+                return
+
+    async def _session(self, live: bool) -> None:
+        """Open, decode and analyse until the source ends (file) or fails (raises SourceError)."""
+        record = self.record
+        loop = asyncio.get_running_loop()
+        source = VideoSource(source_spec(record, self.timeouts), record.stream_id)
+        await asyncio.to_thread(source.open)
+        strategy = BufferStrategy.DROP_OLDEST if live else BufferStrategy.BLOCK
+        buffer: FrameBuffer[Frame | BaseException | None] = FrameBuffer(loop, self.buffer_size, strategy)
+        self._stop.clear()
+        thread = threading.Thread(
+            target=self._decode, args=(source, buffer), name=f"decode:{record.stream_id}", daemon=True
+        )
+        states = [
+            (name, analytic, analytic.start(record.stream_id, params))
+            for name, analytic, params in self.analytics
+        ]
+        self.set_status(record, Status.IN_PROGRESS, None)
+        self._connected = True
+        thread.start()
+        try:
+            while True:
+                item = await buffer.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                record.statistics.frames_dropped = buffer.dropped
+                await self._analyse(item, states)
+        finally:
+            self._stop.set()
+            source.stop()
+            buffer.close()
+            # The thread notices within one frame or one read timeout; don't block the loop on it.
+            await asyncio.to_thread(thread.join, self.timeouts["read_timeout"] + 1)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(source.close)
+            for name, analytic, state in states:
+                for event in analytic.stop(state):
+                    self.publish(record, {name: event})
+
+    def _decode(self, source: VideoSource, buffer: FrameBuffer[Frame | BaseException | None]) -> None:
+        stats = self.record.statistics
+        base = stats.frames_decoded  # counts accumulate over reconnections
+
+        def sync() -> None:
+            stats.frames_decoded = base + source.stats.decoded
+            stats.decode_fps = source.stats.decode_fps
+
+        try:
+            for frame in source.frames():
+                sync()
+                if self._stop.is_set() or not buffer.put(frame):
+                    return
+            sync()
+            buffer.put(None)
+        except SourceError as error:
+            sync()
+            buffer.put(error)
+        except Exception as exc:  # decoding must never kill the core; classify and report
+            buffer.put(SourceError("corrupt_data", f"decoder failed: {exc}"))
+
+    async def _analyse(self, frame: Frame, states: list[tuple[str, Analytic, Any]]) -> None:
+        record = self.record
+
+        async def run(name: str, analytic: Analytic, state: Any) -> None:
+            try:
+                for event in await analytic.process(frame, state, self.infer_for(analytic)):
+                    self.publish(record, {name: event})
+            except LunaError as error:
+                # Inference failures are reported, and the stream goes on with the next frame.
+                record.statistics.last_error = f"{name}: {error.detail}"
+                log.warning("analytic %s failed on frame %d: %s", name, frame.frame_number, error.detail)
+
+        await asyncio.gather(*(run(name, analytic, state) for name, analytic, state in states))
+        record.statistics.frames_processed += 1
+        record.statistics.frame_age = time.monotonic() - frame.decoded_at

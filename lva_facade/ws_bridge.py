@@ -1,0 +1,106 @@
+"""``/1/ws``: the WebSocket bridge of the core's server-streaming WatchStream RPC.
+
+The one hand-written route of the facade; even its path comes from WatchStream's annotation.
+Everything is checked before the upgrade (the UUID, the stream's existence, its owner), so a
+bad request gets an ordinary HTTP error with a LUNA body. After the upgrade each gRPC message
+becomes one JSON text message in the seed's shape; the server pings (autoping) to keep proxies
+and dead peers honest. A slow client only fills its own bounded queue in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import grpc
+from aiohttp import WSMsgType, web
+
+from lva.v1 import streams_pb2
+from lva_core.errors import BAD_QUERY, LunaError
+from lva_facade.jsoncodec import message_to_json
+from lva_facade.request_id import HEADER, METADATA_KEY, request_id_of
+from lva_facade.routes import Route
+from lva_facade.transcoder import CoreClient, rpc_error_to_luna
+
+log = logging.getLogger("lva_facade.ws")
+QUERY = {"stream_id", "account_id"}
+
+
+def render(response: streams_pb2.WatchStreamResponse) -> dict[str, Any]:
+    data: dict[str, Any] = message_to_json(response)
+    data["analytics_results"] = data["analytics_results"] or {}
+    if not data.get("lost_messages"):
+        data.pop("lost_messages", None)  # the seed's three keys, unless something was lost
+    return data
+
+
+def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat: float) -> None:
+    get_stream = core.channel_method(
+        "/lva.v1.StreamsService/GetStream",
+        streams_pb2.GetStreamRequest,
+        streams_pb2.GetStreamResponse,
+    )
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        unknown = set(request.query) - QUERY
+        if unknown:
+            raise LunaError(
+                BAD_QUERY, f"unknown query parameter(s) {sorted(unknown)} (accepted: {sorted(QUERY)})"
+            )
+        stream_id = request.query.get("stream_id", "")
+        account_id = request.query.get("account_id", "")
+        try:
+            uuid.UUID(stream_id)
+        except ValueError:
+            raise LunaError(BAD_QUERY, f"stream_id {stream_id!r} is not a UUID") from None
+        metadata = ((METADATA_KEY, request_id_of(request)),)
+        try:
+            await get_stream()(
+                streams_pb2.GetStreamRequest(stream_id=stream_id, account_id=account_id),
+                metadata=metadata,
+                timeout=core.timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error_to_luna(exc, route, core.address) from None
+
+        ws = web.WebSocketResponse(heartbeat=heartbeat, autoping=True)
+        ws.headers[HEADER] = request_id_of(request)
+        await ws.prepare(request)
+        call: Any = core.channel.unary_stream(
+            route.grpc_path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=streams_pb2.WatchStreamResponse.FromString,
+        )(streams_pb2.WatchStreamRequest(stream_id=stream_id, account_id=account_id), metadata=metadata)  # type: ignore[arg-type]
+
+        async def pump() -> None:
+            try:
+                async for response in call:
+                    await ws.send_json(render(response))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    error = rpc_error_to_luna(exc, route, core.address)
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_json(
+                            {"stream_status": None, "error": error.detail, "analytics_results": {}}
+                        )
+            except (ConnectionError, RuntimeError):
+                pass  # the client went away while we were sending
+            finally:
+                await ws.close()
+
+        pumping = asyncio.create_task(pump())
+        try:
+            async for message in ws:  # client messages are ignored; this loop ends at close
+                if message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            call.cancel()
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+        return ws
+
+    app.router.add_get(route.path, handle)

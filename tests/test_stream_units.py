@@ -1,0 +1,100 @@
+"""Isolated unit tests of the stream engine's parts: state machine, event bus, frame buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from lva_core.errors import LunaError
+from lva_core.events.bus import EventBus
+from lva_core.streams.buffer import BufferStrategy, FrameBuffer
+from lva_core.streams.state import TRANSITIONS, Status, can_transition, check_transition
+from lva_core.streams.worker import backoff
+
+
+def test_every_state_can_stop_and_only_stop_leads_to_pending_from_terminal_states() -> None:
+    for status in Status:
+        assert status is Status.STOP or can_transition(status, Status.STOP), status
+    assert set(TRANSITIONS) == set(Status)
+    assert not can_transition(Status.PAUSE, Status.IN_PROGRESS)  # resume goes through pending
+    assert not can_transition(Status.DONE, Status.IN_PROGRESS)
+    with pytest.raises(LunaError) as caught:
+        check_transition(Status.STOP, Status.PAUSE)
+    assert caught.value.code == 47005
+
+
+def test_status_maps_to_proto_both_ways() -> None:
+    for status in Status:
+        assert Status.from_proto(status.proto) is status
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    assert [backoff(n, 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff(20, 1.0) == 30.0
+    assert backoff(1, 0.0) == 0.05  # never a busy loop
+
+
+async def test_slow_subscriber_loses_oldest_and_is_told() -> None:
+    bus = EventBus(queue_size=3)
+    fast, slow = bus.subscribe("s"), bus.subscribe("s")
+    received = []
+    for index in range(10):
+        bus.publish("s", {"n": index})
+        delivery = await fast.get()
+        assert delivery is not None
+        received.append(delivery.message["n"])
+    assert received == list(range(10))  # the fast one got everything, the slow one did not hold it up
+    first = await slow.get()
+    assert first is not None and first.message == {"n": 7} and first.lost == 7
+    second = await slow.get()
+    assert second is not None and second.lost == 0
+
+
+async def test_closing_a_stream_ends_subscribers_after_the_final_message() -> None:
+    bus = EventBus()
+    subscription = bus.subscribe("s")
+    bus.close_stream("s", {"final": True})
+    delivery = await subscription.get()
+    assert delivery is not None and delivery.message == {"final": True}
+    assert await subscription.get() is None
+    assert bus.subscriber_count("s") == 0
+
+
+async def test_drop_oldest_buffer_keeps_the_newest_frames() -> None:
+    buffer: FrameBuffer[int] = FrameBuffer(asyncio.get_running_loop(), 2, BufferStrategy.DROP_OLDEST)
+    for index in range(10):
+        assert buffer.put(index)
+    assert buffer.dropped == 8
+    assert [await buffer.get(), await buffer.get()] == [8, 9]
+
+
+async def test_block_buffer_makes_the_producer_wait() -> None:
+    buffer: FrameBuffer[int] = FrameBuffer(asyncio.get_running_loop(), 2, BufferStrategy.BLOCK)
+    produced: list[int] = []
+
+    def producer() -> None:
+        for index in range(6):
+            buffer.put(index)
+            produced.append(index)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    await asyncio.sleep(0.2)
+    assert len(produced) == 2  # blocked on the third
+    got = [await buffer.get() for _ in range(6)]
+    thread.join(2)
+    assert got == list(range(6)) and buffer.dropped == 0
+
+
+async def test_closed_buffer_releases_a_blocked_producer() -> None:
+    buffer: FrameBuffer[int] = FrameBuffer(asyncio.get_running_loop(), 1, BufferStrategy.BLOCK)
+    buffer.put(0)
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(buffer.put(1)))
+    thread.start()
+    await asyncio.sleep(0.1)
+    buffer.close()
+    thread.join(2)
+    assert result == [False]
