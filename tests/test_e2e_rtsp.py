@@ -175,3 +175,71 @@ async def test_slow_ws_client_does_not_delay_a_fast_one(
 def test_clip_truth_is_consistent(live_clip: Path) -> None:
     truth = json.loads(live_clip.with_name(live_clip.name + ".truth.json").read_text())
     assert truth["frame_count"] == 100 and len(truth["frames"]) == 100
+
+
+@pytest.fixture(scope="module")
+def hd_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clip(tmp_path_factory.mktemp("rtsp-hd"), "hd.mp4", seconds=4.0, size=(1280, 720))
+
+
+async def test_live_stream_never_builds_lag(
+    http: aiohttp.ClientSession, base_url: str, hd_clip: Path, log_dir: Path
+) -> None:
+    # 720p at 25 fps, every frame, with both detectors and age/gender: inference is slower than
+    # the camera on this machine, so the newest frame must win and frame age stay bounded.
+    server = RtspServer(hd_clip, log_dir / "rtsp-hd.log").start()
+    try:
+        body = live_stream(server.url)
+        body["data"]["frame_processing"] = {"rate": {"period": 1, "unit": "frame"}}  # type: ignore[index]
+        body["analytics"] = [
+            *COUNTER,
+            {"analytic_name": "human_tracking", "parameters": {"targets": ["ags"]}},
+        ]
+        stream_id = await create(http, base_url, body)
+        await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+        ages = []
+        for _ in range(12):
+            await asyncio.sleep(0.5)
+            stats = (await get(http, base_url, stream_id))["statistics"]
+            if stats["frames_processed"]:
+                ages.append(stats["frame_age"])
+        stream = await get(http, base_url, stream_id)
+        assert stream["status"] == "in_progress", stream["error"]
+        stats = stream["statistics"]
+        assert stats["frames_dropped"] > 0, stats  # the camera outran the analysis...
+        assert max(ages) < 1.0, ages  # ...and yet no lag built up
+        assert stats["last_error"] is None
+        await _delete(http, base_url, stream_id)
+    finally:
+        server.stop()
+
+
+async def test_bad_input_leaves_other_streams_running(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer, live_clip: Path
+) -> None:
+    rtsp.start()
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+    before = await _wait_processing(http, base_url, stream_id)
+    bad_bodies = [
+        {"data": {"reference": "ftp://127.0.0.1/a.mp4"}},
+        {"data": {"reference": "/no/such/file.mp4"}},
+        {"data": {"reference": str(live_clip)}, "analytics": [{"analytic_name": "nope"}]},
+        {
+            "data": {"reference": str(live_clip)},
+            "analytics": [{"analytic_name": "people_counter", "parameters": {"probe_count": -1}}],
+        },
+    ]
+    for body in bad_bodies:
+        async with http.post(f"{base_url}/1/streams", json=body) as resp:
+            assert resp.status == 400
+    async with http.post(
+        f"{base_url}/1/streams", data=b"{not json", headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 400
+    async with http.get(f"{base_url}/1/streams/not-a-uuid") as resp:
+        assert resp.status == 400
+    after = await _wait_processing(http, base_url, stream_id)
+    assert after > before
+    assert (await get(http, base_url, stream_id))["status"] == "in_progress"
+    await _delete(http, base_url, stream_id)

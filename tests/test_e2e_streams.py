@@ -21,7 +21,6 @@ from tests.streams_helpers import (
     read_ws,
     statuses,
     truth,
-    wait_status,
 )
 from tests.test_e2e_rest import assert_luna_error
 
@@ -117,7 +116,7 @@ async def test_stream_resource_and_listing(http: aiohttp.ClientSession, base_url
         stream["account_id"] == account and stream["description"] == "lobby" and stream["status"] == "pause"
     )
     assert stream["analytics"][0]["parameters"]["probe_count"] == 1  # as created, defaults filled in
-    assert stream["create_time"].endswith("Z") and "statistics" in stream
+    assert stream["create_time"].endswith("Z") and stream["statistics"]["last_error"] is None
     async with http.get(f"{base_url}/1/streams", params={"account_id": account}) as resp:
         listed = await resp.json()
     assert listed["count"] == 1 and listed["streams"][0]["stream_id"] == stream_id
@@ -214,7 +213,7 @@ async def test_bad_stream_ids(http: aiohttp.ClientSession, base_url: str) -> Non
 
 
 async def test_many_streams_batch_across_streams(
-    http: aiohttp.ClientSession, base_url: str, triton: Service, sample: Path
+    http: aiohttp.ClientSession, base_url: str, triton: Service, facade: Service, sample: Path
 ) -> None:
     from lva_core.inference.client import TritonClient
 
@@ -223,20 +222,33 @@ async def test_many_streams_batch_across_streams(
     counter = [
         {
             "analytic_name": "people_counter",
-            "parameters": {"probe_count": 1, "rate": {"period": 1, "unit": "frame"}},
+            "parameters": {
+                "probe_count": 1,
+                "people_count_threshold": 0,
+                "rate": {"period": 1, "unit": "frame"},
+                "event_policy": {"trigger": "period", "interval": 0.01},
+            },
         }
     ]
-    ids = [await create(http, base_url, file_stream(sample, counter)) for _ in range(8)]
-    streams = [await wait_status(http, base_url, i, FINAL, 180) for i in ids]
+    ids = [await create(http, base_url, file_stream(sample, counter, status="pause")) for _ in range(8)]
+    readers = [asyncio.create_task(read_ws(ws_uri(facade, i), until=FINAL, timeout=180)) for i in ids]
+    await asyncio.sleep(0.5)
+    for stream_id in ids:
+        await patch(http, base_url, stream_id, "pending")
+    received = await asyncio.gather(*readers)
+    streams = [await get(http, base_url, i) for i in ids]
     after = (await client.statistics("person_detector"))["model_stats"][0]
     await client.close()
     assert all(s["status"] == "done" for s in streams), [s["error"] for s in streams]
-    assert all(
-        s["statistics"]["frames_processed"] == streams[0]["statistics"]["frames_processed"] for s in streams
-    )
+    processed = streams[0]["statistics"]["frames_processed"]
+    assert all(s["statistics"]["frames_processed"] == processed for s in streams)
+    for stream_id, messages in zip(ids, received, strict=True):
+        crowd = [m["analytics_results"]["people_counter"] for m in messages if m["analytics_results"]]
+        assert len(crowd) == processed  # every stream got every one of its own events
+        assert all(event["stream_id"] == stream_id for event in crowd)
     inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
-    assert inferences >= 8 * streams[0]["statistics"]["frames_processed"]
+    assert inferences >= 8 * processed
     assert executions < inferences  # frames of different streams ran in one batch
     for stream_id in ids:
         async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:

@@ -337,6 +337,7 @@ class StreamStatistics(_message.Message):
     DECODE_FPS_FIELD_NUMBER: _builtins.int
     FRAME_AGE_FIELD_NUMBER: _builtins.int
     RECONNECTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
     frames_decoded: _builtins.int
     """Frames decoded."""
     frames_processed: _builtins.int
@@ -349,6 +350,8 @@ class StreamStatistics(_message.Message):
     """Seconds between decoding and analysis of the last processed frame."""
     reconnects: _builtins.int
     """Reconnections so far."""
+    last_error: _builtins.str
+    """The last processing error (for example an inference failure), or null."""
     def __init__(
         self,
         *,
@@ -358,12 +361,15 @@ class StreamStatistics(_message.Message):
         decode_fps: _builtins.float = ...,
         frame_age: _builtins.float = ...,
         reconnects: _builtins.int = ...,
+        last_error: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_fps", b"decode_fps", "frame_age", b"frame_age", "frames_decoded", b"frames_decoded", "frames_dropped", b"frames_dropped", "frames_processed", b"frames_processed", "reconnects", b"reconnects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "decode_fps", b"decode_fps", "frame_age", b"frame_age", "frames_decoded", b"frames_decoded", "frames_dropped", b"frames_dropped", "frames_processed", b"frames_processed", "last_error", b"last_error", "reconnects", b"reconnects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
+    _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
 
 Global___StreamStatistics: _TypeAlias = StreamStatistics  # noqa: Y015
 

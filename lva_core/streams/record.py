@@ -73,6 +73,7 @@ class StreamRecord:
                 decode_fps=round(stats.decode_fps, 2),
                 frame_age=round(stats.frame_age, 4),
                 reconnects=stats.reconnects,
+                last_error=stats.last_error,
             ),
         )
         for spec in self.analytics:
