@@ -18,11 +18,15 @@ Decisions, with the measurements behind them (PyAV 18 with its bundled FFmpeg 8)
   that frames the decoder never produced still count. When the sampling period covers a whole
   keyframe interval (observed, not assumed: three keyframes in a row), the decoder is told to
   skip everything but keyframes (``skip_frame = "NONKEY"``), switching only at a keyframe so
-  that references are always complete. On the 720p sample clip at 1 frame/s this decodes 4x
-  faster; sampled frames, their numbers and time offsets are the same as with full decoding.
+  that references are always complete. On a 30 s 720p clip (keyframe every second) at 1 frame/s
+  it reads ~4300 source frames/s instead of ~1270 (3.4x; every frame converted: ~720); the
+  frames delivered, their numbers, time offsets and pixels are the same as with full decoding.
 * **No lag on live streams.** When the reader falls behind the source's own clock by more
-  than ``max_lag`` seconds (an overloaded CPU), non-key frames are dropped before decoding
-  until it is back at the live edge.
+  than ``max_lag`` seconds (an overloaded CPU, a slow consumer), non-key frames are dropped
+  before decoding until it is back at the live edge. Measured on RTSP with a consumer taking
+  0.2 s a frame: 6.5 s behind after 8 s without it, never more than 1.2 s with ``max_lag=1``.
+  Not for HLS: it delivers whole segments at once, so media time is ahead and behind by a
+  segment by design, and FFmpeg's HLS demuxer itself skips segments that left the playlist.
 * **Pixels.** Only sampled frames are converted, once, by swscale (``to_ndarray("rgb24")``):
   that is the one copy of a frame without rotation, and the ROI is a numpy view of it. Rotation
   is done by FFmpeg filters on the YUV frame, after cropping the ROI there (``crop`` only moves
@@ -649,7 +653,11 @@ class VideoSource:
         self._stop.set()
 
     def close(self) -> None:
-        """Release the source (thread-safe; idempotent)."""
+        """Release the source (thread-safe; idempotent).
+
+        While a ``frames()`` generator is running or suspended, the release is left to it: it
+        returns at its next packet (or when it is garbage-collected) and closes the container.
+        """
         self._stop.set()
         with self._lock:
             if self._running:
@@ -696,6 +704,7 @@ class VideoSource:
         keyframes: deque[tuple[int, float]] = deque(maxlen=_KEYFRAMES_TO_TRUST)
         catching_up = False
         lag_meter = _LagMeter(time_base)
+        lag_guard = self.live and self.network and "hls" not in (container.format.name or "")
         consecutive_errors = 0
         lag = 0.0
         packets = container.demux(stream)
@@ -717,7 +726,7 @@ class VideoSource:
             if packet.size:  # the empty packet at the end only flushes the decoder
                 stats.packets += 1
                 numbering.packet(packet.pts)
-                if self.live:
+                if lag_guard:
                     stamp = packet.dts if packet.dts is not None else packet.pts
                     if stamp is not None:
                         lag = stats.lag = lag_meter.update(stamp, now)
