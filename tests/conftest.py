@@ -45,7 +45,8 @@ def core(log_dir: Path, triton: Service) -> Iterator[Service]:
 
 @pytest.fixture(scope="session")
 def facade(log_dir: Path, core: Service) -> Iterator[Service]:
-    service = start_facade(log_dir, core.address)
+    # A short heartbeat, so that the autoping test sees a server ping quickly.
+    service = start_facade(log_dir, core.address, {"LVA_FACADE__WS_HEARTBEAT": "1"})
     yield service
     service.stop()
 

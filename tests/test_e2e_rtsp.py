@@ -243,3 +243,25 @@ async def test_bad_input_leaves_other_streams_running(
     assert after > before
     assert (await get(http, base_url, stream_id))["status"] == "in_progress"
     await _delete(http, base_url, stream_id)
+
+
+async def test_delete_while_still_connecting(http: aiohttp.ClientSession, base_url: str) -> None:
+    stream_id = await create(http, base_url, live_stream(f"rtsp://127.0.0.1:{free_port()}/none"))
+    await wait_status(http, base_url, stream_id, {"restart"}, 10)
+    started = time.monotonic()
+    await _delete(http, base_url, stream_id)
+    assert time.monotonic() - started < 3  # no waiting for the retry or the open to time out
+    async with http.get(f"{base_url}/1/streams/{stream_id}") as resp:
+        assert resp.status == 404
+
+
+async def test_websocket_server_pings(http: aiohttp.ClientSession, base_url: str, live_clip: Path) -> None:
+    stream_id = await create(http, base_url, {"data": {"reference": str(live_clip)}, "status": "pause"})
+    ws_url = base_url.replace("http://", "ws://") + f"/1/ws?stream_id={stream_id}"
+    async with http.ws_connect(ws_url, autoping=False) as ws:
+        first = await ws.receive(timeout=5)
+        assert json.loads(first.data)["stream_status"] == "pause"
+        ping = await ws.receive(timeout=5)  # the facade's heartbeat is 1 s in the tests
+        assert ping.type == aiohttp.WSMsgType.PING
+        await ws.pong(ping.data)
+    await _delete(http, base_url, stream_id)

@@ -127,10 +127,10 @@ class StreamWorker:
         record = self.record
         loop = asyncio.get_running_loop()
         source = VideoSource(source_spec(record, self.timeouts), record.stream_id)
-        await asyncio.to_thread(source.open)
+        self._stop.clear()
+        await asyncio.to_thread(self._open, source)
         strategy = BufferStrategy.DROP_OLDEST if live else BufferStrategy.BLOCK
         buffer: FrameBuffer[Frame | BaseException | None] = FrameBuffer(loop, self.buffer_size, strategy)
-        self._stop.clear()
         thread = threading.Thread(
             target=self._decode, args=(source, buffer), name=f"decode:{record.stream_id}", daemon=True
         )
@@ -161,6 +161,14 @@ class StreamWorker:
             for name, analytic, state in states:
                 for event in analytic.stop(state):
                     self.publish(record, {name: event})
+
+    def _open(self, source: VideoSource) -> None:
+        source.open()
+        if self._stop.is_set():
+            # The stream was stopped or deleted while this thread was opening: nobody will
+            # consume the source, so close it here rather than leak it.
+            source.close()
+            raise SourceError("io_error", "stopped while opening")
 
     def _decode(self, source: VideoSource, buffer: FrameBuffer[Frame | BaseException | None]) -> None:
         stats = self.record.statistics
