@@ -25,7 +25,11 @@ DEFAULTS: dict[str, Any] = {
     "core": {
         "host": "127.0.0.1",
         "port": 5241,
+        # Prometheus /metrics of the core (0: a free port, written to the log).
+        "metrics_port": 5242,
         "log_level": "INFO",
+        # text, or json: one JSON object per line.
+        "log_format": "text",
         # Seconds the health check may spend on Triton and the models before it reports them down.
         "health_timeout": 5.0,
     },

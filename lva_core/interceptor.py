@@ -16,6 +16,7 @@ import grpc
 
 from lva_core.errors import INTERNAL, NOT_IMPLEMENTED, LunaError
 from lva_core.logs import request_id_var
+from lva_core.metrics import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger("lva_core.rpc")
 REQUEST_ID_KEY = "luna-request-id"
@@ -73,7 +74,10 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
                     outcome = f"error {error.code}"
                     await _abort(context, error)
                 finally:
-                    log.info("%s %s %.1f ms", method, outcome, (time.perf_counter() - started) * 1000)
+                    elapsed = time.perf_counter() - started
+                    log.info("%s %s %.1f ms", method, outcome, elapsed * 1000)
+                    RPC_REQUESTS.labels(method, outcome).inc()
+                    RPC_LATENCY.labels(method).observe(elapsed)
                     request_id_var.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(

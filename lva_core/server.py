@@ -26,6 +26,7 @@ from lva_core.analytics.registry import discover_analytics
 from lva_core.events.bus import EventBus
 from lva_core.inference.service import Inference
 from lva_core.interceptor import LunaErrorInterceptor
+from lva_core.metrics import serve_metrics
 from lva_core.services.agent import AgentServicer
 from lva_core.services.analytics import AnalyticsServicer
 from lva_core.services.models import ModelsServicer
@@ -89,6 +90,10 @@ class CoreServer:
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("core listening on %s:%s", core["host"], self.port)
+        self.metrics_port = serve_metrics(
+            core["host"], int(core.get("metrics_port", 0)), self.streams, self.bus
+        )
+        log.info("core metrics on http://%s:%s/metrics", core["host"], self.metrics_port)
         # Triton starts in the background: the API answers (and health reports) meanwhile.
         self._triton_start = asyncio.create_task(self.triton.start())
         return self.port

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML configuration file (default: $LVA_CONFIG)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    setup_logging(config["core"]["log_level"])
+    setup_logging(config["core"]["log_level"], config["core"].get("log_format", "text"))
     facade = config["facade"]
     logging.getLogger("lva_facade").info(
         "facade on %s:%s -> core %s", facade["host"], facade["port"], facade["core_address"]

@@ -12,6 +12,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from lva_facade.docs_routes import add_docs_routes
 from lva_facade.error_middleware import error_middleware
+from lva_facade.metrics import add_metrics_route
 from lva_facade.openapi import build_openapi
 from lva_facade.request_id import request_id_middleware
 from lva_facade.routes import Route, discover_routes, lva_services
@@ -41,6 +42,7 @@ def build_app(
             add_ws_route(app, route, core, float(facade.get("ws_heartbeat", 20.0)))
     spec = build_openapi(routes, title, version("luna-video-agent"))
     add_docs_routes(app, spec, Path(facade["docs_dir"]))
+    add_metrics_route(app)
     app[CORE_KEY] = core
     app[ROUTES_KEY] = routes
     app[SPEC_KEY] = spec

@@ -15,6 +15,7 @@ from lva_core.errors import (
     LunaError,
     anchor,
 )
+from lva_facade.metrics import ERROR_CODE_KEY, observe
 from lva_facade.request_id import HEADER, Handler, request_id_of
 
 log = logging.getLogger("lva_facade")
@@ -27,6 +28,7 @@ def error_link(request: web.Request, code: int) -> str:
 
 
 def error_response(request: web.Request, error: LunaError) -> web.Response:
+    request[ERROR_CODE_KEY] = error.code
     return web.json_response(error.body(error_link(request, error.code)), status=error.spec.http_status)
 
 
@@ -66,12 +68,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request_id = request_id_of(request)
     if not response.prepared:  # a WebSocket handler stamps its own before the upgrade
         response.headers[HEADER] = request_id
+    elapsed = time.perf_counter() - started
+    observe(request, response.status, elapsed)
     access_log.info(
         "%s %s %s %.1f ms request_id=%s",
         request.method,
         request.path_qs,
         response.status,
-        (time.perf_counter() - started) * 1000,
+        elapsed * 1000,
         request_id,
     )
     return response

@@ -39,6 +39,7 @@ class Service:
     log_path: Path
     port: int
     _log: IO[bytes] | None = field(default=None, repr=False)
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -127,10 +128,10 @@ def core_env(triton_url: str, port: int, **extra: str) -> dict[str, str]:
 
 
 def start_core(log_dir: Path, triton_url: str, env: dict[str, str] | None = None) -> Service:
-    port = free_port()
-    service = _spawn(
-        "core", [PYTHON, "-m", "lva_core"], log_dir, port, core_env(triton_url, port, **(env or {}))
-    )
+    port, metrics_port = free_port(), free_port()
+    full_env = core_env(triton_url, port, LVA_CORE__METRICS_PORT=str(metrics_port), **(env or {}))
+    service = _spawn("core", [PYTHON, "-m", "lva_core"], log_dir, port, full_env)
+    service.metrics_port = metrics_port
     service.wait_port(30)
     return service
 

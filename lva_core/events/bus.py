@@ -78,6 +78,11 @@ class EventBus:
                 del self._subscribers[subscription.stream_id]
         subscription.close()
 
+    def dropped_total(self) -> int:
+        """Dropped for subscribers that are gone, plus for the live ones so far."""
+        live = sum(s.lost_total for subscribers in self._subscribers.values() for s in subscribers)
+        return self.dropped + live
+
     def subscriber_count(self, stream_id: str | None = None) -> int:
         if stream_id is not None:
             return len(self._subscribers.get(stream_id, ()))

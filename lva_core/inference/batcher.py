@@ -21,6 +21,7 @@ import numpy as np
 
 from lva_core.errors import DEADLINE, TRITON_UNAVAILABLE
 from lva_core.inference.client import InferenceError, TritonClient, classify
+from lva_core.metrics import BATCH_SIZE, INFERENCE_ERRORS, INFERENCE_LATENCY
 
 log = logging.getLogger("lva_core.inference")
 
@@ -152,6 +153,7 @@ class ModelBatcher:
                 await self._send_one(model, items[start : start + size])
         except Exception as exc:  # every waiter must learn of the failure, typed
             error = classify(exc, f"inference on {self.model_name}")
+            INFERENCE_ERRORS.labels(self.model_name, str(error.code)).inc()
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -170,7 +172,10 @@ class ModelBatcher:
                     else:
                         staged.inputs[name][...] = array
             remaining = max(0.05, min(i.deadline for i in items) - time.monotonic())
+            started = time.perf_counter()
             outputs = await self.client.infer_staged(staged, remaining)
+            INFERENCE_LATENCY.labels(self.model_name).observe(time.perf_counter() - started)
+            BATCH_SIZE.labels(self.model_name).observe(len(items))
         finally:
             await self.client.release(staged)
         self.stats.batches += 1

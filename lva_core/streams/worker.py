@@ -18,7 +18,7 @@ from typing import Any
 from lva.v1 import streams_pb2
 from lva_core.analytics.base import Analytic, InferFn
 from lva_core.errors import LunaError
-from lva_core.logs import request_id_var
+from lva_core.logs import stream_id_var
 from lva_core.streams.buffer import BufferStrategy, FrameBuffer
 from lva_core.streams.frame import Frame
 from lva_core.streams.record import StreamRecord
@@ -92,7 +92,7 @@ class StreamWorker:
             self.task = None
 
     async def _run(self) -> None:
-        request_id_var.set(f"stream {self.record.stream_id}")
+        stream_id_var.set(self.record.stream_id)
         record = self.record
         live = record.data.type != streams_pb2.SOURCE_TYPE_VIDEOFILE
         attempts = 0
