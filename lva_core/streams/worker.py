@@ -134,8 +134,9 @@ class StreamWorker:
         thread = threading.Thread(
             target=self._decode, args=(source, buffer), name=f"decode:{record.stream_id}", daemon=True
         )
+        # Built once per session: per frame the loop only calls into them.
         states = [
-            (name, analytic, analytic.start(record.stream_id, params))
+            (name, analytic, analytic.start(record.stream_id, params), self.infer_for(analytic))
             for name, analytic, params in self.analytics
         ]
         self.set_status(record, Status.IN_PROGRESS, None)
@@ -158,7 +159,7 @@ class StreamWorker:
             await asyncio.to_thread(thread.join, self.timeouts["read_timeout"] + 1)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(source.close)
-            for name, analytic, state in states:
+            for name, analytic, state, _infer in states:
                 for event in analytic.stop(state):
                     self.publish(record, {name: event})
 
@@ -191,18 +192,21 @@ class StreamWorker:
         except Exception as exc:  # decoding must never kill the core; classify and report
             buffer.put(SourceError("corrupt_data", f"decoder failed: {exc}"))
 
-    async def _analyse(self, frame: Frame, states: list[tuple[str, Analytic, Any]]) -> None:
+    async def _analyse(self, frame: Frame, states: list[tuple[str, Analytic, Any, InferFn]]) -> None:
         record = self.record
 
-        async def run(name: str, analytic: Analytic, state: Any) -> None:
+        async def run(name: str, analytic: Analytic, state: Any, infer: InferFn) -> None:
             try:
-                for event in await analytic.process(frame, state, self.infer_for(analytic)):
+                for event in await analytic.process(frame, state, infer):
                     self.publish(record, {name: event})
             except LunaError as error:
                 # Inference failures are reported, and the stream goes on with the next frame.
                 record.statistics.last_error = f"{name}: {error.detail}"
                 log.warning("analytic %s failed on frame %d: %s", name, frame.frame_number, error.detail)
 
-        await asyncio.gather(*(run(name, analytic, state) for name, analytic, state in states))
+        if len(states) == 1:
+            await run(*states[0])  # the common case: no gather, no extra task per frame
+        else:
+            await asyncio.gather(*(run(*entry) for entry in states))
         record.statistics.frames_processed += 1
         record.statistics.frame_age = time.monotonic() - frame.decoded_at
