@@ -253,3 +253,21 @@ async def test_many_streams_batch_across_streams(
     for stream_id in ids:
         async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
             assert resp.status == 204
+
+
+async def test_patch_needs_a_status_and_paging_must_not_be_negative(
+    http: aiohttp.ClientSession, base_url: str, sample: Path
+) -> None:
+    stream_id = await create(http, base_url, file_stream(sample, [], status="pause"))
+    async with http.patch(f"{base_url}/1/streams/{stream_id}", json={}) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert_luna_error(body, 12027)
+    assert body["path"] == "status"
+    async with http.patch(f"{base_url}/1/streams/{stream_id}", json={"status": "done"}) as resp:
+        assert resp.status == 400  # a user may only pause or resume
+    async with http.get(f"{base_url}/1/streams", params={"page": "-1"}) as resp:
+        assert resp.status == 400
+        assert_luna_error(await resp.json(), 12012)
+    async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+        assert resp.status == 204

@@ -100,8 +100,9 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "description": (
                 "How often a frame is analysed, on top of the stream's frame_processing sampling: "
-                "a sampled frame is analysed when at least `period` units have passed since the "
-                "last analysed one. Frames in between are not sent to the detector at all."
+                "analysis times lie on a fixed grid of `period` units from the first analysed "
+                "frame, and the first sampled frame at or past each grid point is analysed, so the "
+                "rate never drifts. Frames in between are not sent to the detector at all."
             ),
             "default": {"period": 1, "unit": "second"},
             "additionalProperties": False,

@@ -12,6 +12,7 @@ from lva.v1 import streams_pb2, streams_pb2_grpc
 from lva_core.events.bus import Message
 from lva_core.streams.manager import StreamManager, status_message
 from lva_core.streams.state import Status
+from lva_core.streams.validation import invalid
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -62,6 +63,8 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
     async def UpdateStream(
         self, request: streams_pb2.UpdateStreamRequest, context: Context
     ) -> streams_pb2.UpdateStreamResponse:
+        if request.status == streams_pb2.STREAM_STATUS_UNSPECIFIED:
+            raise invalid("status", "is required: pause, or pending to resume")
         target = Status.from_proto(request.status)
         record = await self._manager.update(request.stream_id, target)
         return streams_pb2.UpdateStreamResponse(stream=record.to_proto())

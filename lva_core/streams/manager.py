@@ -138,7 +138,7 @@ class StreamManager:
         self, account_id: str, status: Status | None, page: int, page_size: int
     ) -> tuple[list[StreamRecord], int]:
         if page < 0 or page_size < 0:
-            raise LunaError(BAD_JSON, "page and page_size must not be negative")
+            raise LunaError(BAD_QUERY, "page and page_size must not be negative")
         page, page_size = page or 1, min(page_size or 100, 1000)
         matching = [
             r
