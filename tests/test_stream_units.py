@@ -98,3 +98,15 @@ async def test_closed_buffer_releases_a_blocked_producer() -> None:
     buffer.close()
     thread.join(2)
     assert result == [False]
+
+
+def test_restart_without_a_count_gets_the_default_attempts() -> None:
+    from lva.v1 import streams_pb2
+    from lva_core.streams.validation import validate_autorestart
+
+    request = streams_pb2.CreateStreamRequest(autorestart=streams_pb2.Autorestart(restart=1))
+    assert validate_autorestart(request).attempt_count == 10
+    request = streams_pb2.CreateStreamRequest(autorestart=streams_pb2.Autorestart(restart=0))
+    assert validate_autorestart(request).attempt_count == 0  # no restart asked: nothing filled in
+    request = streams_pb2.CreateStreamRequest(autorestart=streams_pb2.Autorestart(restart=1, attempt_count=3))
+    assert validate_autorestart(request).attempt_count == 3

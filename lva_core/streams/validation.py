@@ -16,6 +16,7 @@ from lva_core.streams.record import AnalyticSpec
 from lva_core.streams.source import SourceError, validate_reference
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+DEFAULT_ATTEMPTS = 10
 
 
 def invalid(path: str, message: str) -> LunaError:
@@ -81,7 +82,7 @@ def validate_analytics(
 
 def validate_autorestart(request: streams_pb2.CreateStreamRequest) -> streams_pb2.Autorestart:
     if not request.HasField("autorestart"):
-        return streams_pb2.Autorestart(restart=1, attempt_count=10, delay=1.0)
+        return streams_pb2.Autorestart(restart=1, attempt_count=DEFAULT_ATTEMPTS, delay=1.0)
     autorestart = request.autorestart
     if autorestart.restart not in (0, 1):
         raise invalid("autorestart.restart", "must be 0 or 1")
@@ -89,4 +90,11 @@ def validate_autorestart(request: streams_pb2.CreateStreamRequest) -> streams_pb
         raise invalid("autorestart.attempt_count", "must not be negative")
     if autorestart.delay < 0:
         raise invalid("autorestart.delay", "must not be negative")
+    if autorestart.restart and autorestart.attempt_count == 0:
+        # proto3 cannot tell an absent count from 0, and "restart, zero times" means nothing:
+        # {"restart": 1} alone gets the default count.
+        filled = streams_pb2.Autorestart()
+        filled.CopyFrom(autorestart)
+        filled.attempt_count = DEFAULT_ATTEMPTS
+        return filled
     return autorestart
