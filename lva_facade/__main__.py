@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         print=None,
         access_log=None,
         handle_signals=True,
+        # Open WebSockets would otherwise hold the shutdown for a minute.
+        shutdown_timeout=3.0,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from lva.v1 import streams_pb2
 from lva_core.analytics.base import Analytic, InferFn
 from lva_core.errors import LunaError
-from lva_core.logs import stream_id_var
+from lva_core.logs import request_id_var, stream_id_var
 from lva_core.streams.buffer import BufferStrategy, FrameBuffer
 from lva_core.streams.frame import Frame
 from lva_core.streams.record import StreamRecord
@@ -92,6 +92,9 @@ class StreamWorker:
             self.task = None
 
     async def _run(self) -> None:
+        # The task was created inside the request that started the stream and inherited its
+        # request id; the stream's own lines belong to no request.
+        request_id_var.set("-")
         stream_id_var.set(self.record.stream_id)
         record = self.record
         live = record.data.type != streams_pb2.SOURCE_TYPE_VIDEOFILE
