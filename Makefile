@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample bench
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -59,6 +59,10 @@ docs: $(VENV)/.installed
 # converted once; results are cached by checksum outside the clone (tools/fetch_models.py).
 models: $(VENV)/.installed
 	$(PY) tools/fetch_models.py --repo triton_models
+
+# Benchmarks against the real stack: benchmarks/results/<date>.json and .png (QUICK=1: < 3 min).
+bench: $(VENV)/.installed triton-env models
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
 
 # The sample clip: real photographs from scikit-image, animated and encoded with PyAV.
 sample: var/sample.mp4

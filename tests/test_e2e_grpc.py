@@ -78,7 +78,7 @@ async def test_streams_and_analytics_rpcs(channel: grpc.aio.Channel) -> None:
     catalogue = await analytics_pb2_grpc.AnalyticsServiceStub(channel).ListAnalytics(
         analytics_pb2.ListAnalyticsRequest()
     )
-    assert {a.name for a in catalogue.analytics} == {"people_counter", "human_tracking"}
+    assert {a.name for a in catalogue.analytics} == {"people_counter", "human_tracking", "pipeline_probe"}
 
 
 async def test_standard_health_service(channel: grpc.aio.Channel) -> None:

@@ -1,0 +1,243 @@
+"""One PNG of a results file, read at a glance: eight panels, one question each.
+
+Each panel draws from its own section of the results and says "not measured" when that section
+is missing or failed, so a partial run still gives a picture of what it did measure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: CI and headless machines
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+GOOD, BAD, NEUTRAL, LIGHT = "#2a9d8f", "#e76f51", "#264653", "#8ab17d"
+Panel = Callable[[Axes, dict[str, Any]], None]
+
+
+def _bar_labels(ax: Axes, bars: Any, fmt: str = "{:.2f}") -> None:
+    for bar in bars:
+        height = bar.get_height()
+        if height == height:  # not NaN
+            ax.annotate(
+                fmt.format(height),
+                (bar.get_x() + bar.get_width() / 2, height),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def efficiency(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["pipeline_efficiency"]
+    runs = section["runs"]
+    xs = range(len(runs))
+    core = ax.bar(
+        [x - 0.2 for x in xs], [_num(r["efficiency"]) for r in runs], 0.4, color=NEUTRAL, label="core"
+    )
+    ws = ax.bar(
+        [x + 0.2 for x in xs],
+        [_num(r["efficiency_with_delivery"]) for r in runs],
+        0.4,
+        color=LIGHT,
+        label="+ WebSocket delivery",
+    )
+    _bar_labels(ax, core)
+    _bar_labels(ax, ws)
+    ceilings = [_num(r.get("efficiency_ceiling_model_only")) for r in runs]
+    if any(c == c for c in ceilings):
+        # Where the model alone would cap the pipeline: bars near their mark are model-bound.
+        ax.scatter(list(xs), ceilings, marker="_", s=900, color="black", zorder=3, label="model-only ceiling")
+    ax.axhline(section["target"], color=BAD, linestyle="--", linewidth=1, label=f"target {section['target']}")
+    ax.set_xticks(list(xs), [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
+    ax.set_ylabel("core fps / bare decode fps")
+    tops = [
+        _num(v) * 1.15 for r in runs for v in (r["efficiency"], r.get("efficiency_ceiling_model_only")) if v
+    ]
+    ax.set_ylim(0, max(1.1, *tops))
+    ax.set_title("Pipeline efficiency (720p, frame_stats model)")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def batching(ax: Axes, results: dict[str, Any]) -> None:
+    runs = results["pipeline_efficiency"]["runs"]
+    xs = list(range(len(runs)))
+    values = [_num(r["batching"]["efficiency"]) for r in runs]
+    bars = ax.bar(xs, values, 0.6, color=NEUTRAL)
+    for bar, run in zip(bars, runs, strict=True):
+        mean = run["batching"]["mean_batch"]
+        ax.annotate(
+            f"{_num(mean):.1f} of {run['batching']['max_batch']}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(xs, [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("mean batch / min(streams, max batch)")
+    ax.set_title("Batching efficiency (Triton statistics)")
+
+
+def latency(ax: Axes, results: dict[str, Any]) -> None:
+    labels, p50, p99 = [], [], []
+    for run in results["latency_live"]["runs"]:
+        labels.append(f"live x{run['streams']}")
+        p50.append(_num(run["added_p50"]))
+        p99.append(_num(run["added_p99"]))
+    for run in results["pipeline_efficiency"]["runs"]:
+        section = run["latency_saturated_ms"]
+        labels.append(f"file x{run['streams']}\n(saturated)")
+        p50.append(_num(section["added_p50"]))
+        p99.append(_num(section["added_p99"]))
+    xs = range(len(labels))
+    bars50 = ax.bar([x - 0.2 for x in xs], p50, 0.4, color=NEUTRAL, label="p50")
+    bars99 = ax.bar([x + 0.2 for x in xs], p99, 0.4, color=BAD, label="p99")
+    _bar_labels(ax, bars50, "{:.0f}")
+    _bar_labels(ax, bars99, "{:.0f}")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms, decode -> WebSocket, minus model compute")
+    computes = [_num(r["model_compute_ms"]) for r in results["latency_live"]["runs"]]
+    note = ", ".join(f"{c:.0f}" for c in computes)
+    ax.set_title(f"Added latency (model compute {note} ms, apart)", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def first_event(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["time_to_first_event"]
+    labels, values, lows, highs = [], [], [], []
+    for source in ("file", "rtsp"):
+        if source not in section:
+            continue
+        for variant, name in (("after_create_s", "after create"), ("after_resume_s", "after resume")):
+            stats = section[source][variant]
+            labels.append(f"{source}\n{name}")
+            values.append(_num(stats["p50"]))
+            lows.append(_num(stats["p50"]) - _num(stats["min"]))
+            highs.append(_num(stats["max"]) - _num(stats["p50"]))
+    xs = list(range(len(labels)))
+    bars = ax.bar(xs, values, 0.6, color=[NEUTRAL, LIGHT] * 2, yerr=[lows, highs], capsize=3)
+    _bar_labels(ax, bars, "{:.2f}")
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel("seconds (median, min-max)")
+    ax.set_title("Time to first event")
+
+
+def capacity(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["capacity"]
+    steps = section["steps"]
+    xs = [s["streams"] for s in steps]
+    ys = [_num(s["frame_age_s"]["p99"]) for s in steps]
+    ax.plot(xs, ys, color="grey", linewidth=0.8, zorder=1)
+    ax.scatter(xs, ys, c=[GOOD if s["pass"] else BAD for s in steps], s=40, zorder=2)
+    ax.axhline(section["age_limit_s"], color=BAD, linestyle="--", linewidth=1, label="p99 limit")
+    ax.set_xlabel("720p25 cameras, people_counter at 5 fps")
+    ax.set_ylabel("frame age p99 (s)")
+    bound = "≥ " if section["lower_bound_only"] else ""
+    ax.set_title(f"Capacity: {bound}{section['capacity']} streams (green: real time)")
+    ax.legend(fontsize=7)
+
+
+def _rss(ax: Axes, series: list[dict[str, Any]], axis: str, scale: float, xlabel: str) -> None:
+    xs = [p[axis] * scale for p in series]
+    for name, color in (("core", NEUTRAL), ("facade", LIGHT)):
+        ax.plot(xs, [p[name] / 1024 for p in series], marker=".", color=color, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("RSS (MiB)")
+    ax.legend(fontsize=7)
+
+
+def rss_cycles(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["leaks"]["cycles"]
+    _rss(ax, section["series_kib"], "cycle", 1.0, "create/delete cycles")
+    growth = section["growth"]
+    ax.set_title(
+        f"RSS over cycles (+{_num(growth['core']['growth_mib']):.1f} / "
+        f"+{_num(growth['facade']['growth_mib']):.1f} MiB)",
+        fontsize=9,
+    )
+
+
+def rss_soak(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["leaks"]["soak"]
+    _rss(ax, section["series_kib"], "seconds", 1 / 60, "minutes")
+    ax.set_title(
+        f"RSS over a {section['seconds'] / 60:g}-minute run, {section['streams']} streams", fontsize=9
+    )
+
+
+def cost(ax: Axes, results: dict[str, Any]) -> None:
+    runs = results["pipeline_efficiency"]["runs"]
+    xs = range(len(runs))
+    series = (("bare_decode", "bare decode", LIGHT), ("core", "core", NEUTRAL), ("triton", "Triton", BAD))
+    width = 0.8 / len(series)
+    for i, (key, label, color) in enumerate(series):
+        values = [_num(r["cpu_ms_per_frame"][key]) for r in runs]
+        bars = ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], values, width, color=color, label=label)
+        _bar_labels(ax, bars, "{:.1f}")
+    ax.set_xticks(list(xs), [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
+    ax.set_ylabel("CPU ms per frame")
+    best: dict[str, float] = {}
+    for run in results.get("model_only", {}).get("runs", []):
+        best[run["model"]] = max(best.get(run["model"], 0.0), _num(run["items_per_s"]))
+    note = ", ".join(f"{model} {value:.0f}" for model, value in best.items())
+    ax.set_title("CPU per frame, by process (pipeline runs)", fontsize=9)
+    if note:
+        ax.set_xlabel(f"model alone, best items/s: {note}", fontsize=8)
+    ax.legend(fontsize=7)
+
+
+PANELS: list[Panel] = [efficiency, batching, latency, first_event, capacity, rss_cycles, rss_soak, cost]
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    figure, axes = plt.subplots(2, 4, figsize=(22, 9.5))
+    for ax, panel in zip(axes.flat, PANELS, strict=True):
+        try:
+            panel(ax, results)
+        except Exception as exc:  # a missing or failed section must not cost the other panels
+            ax.clear()
+            ax.set_axis_off()
+            ax.text(
+                0.5,
+                0.5,
+                f"{panel.__name__}: not measured\n({type(exc).__name__}: {exc})"[:200],
+                ha="center",
+                va="center",
+                fontsize=8,
+                wrap=True,
+            )
+        ax.grid(axis="y", alpha=0.3)
+    machine = results.get("machine", {})
+    figure.suptitle(
+        f"Luna Video Agent benchmarks ({results.get('mode')}) - {results.get('started_at', '')[:19]} - "
+        f"commit {str(machine.get('git_commit', ''))[:10]} - {machine.get('cpu_count')} CPUs, "
+        f"load {machine.get('load_average_start')}",
+        fontsize=11,
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+if __name__ == "__main__":  # re-plot a results file: python -m benchmarks.plot RESULTS.json OUT.png
+    plot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
