@@ -644,7 +644,8 @@ async def leak_cycles(ctx: Context) -> dict[str, Any]:
             "Each cycle: create a running file stream (pipeline_probe), open its WebSocket, delete it "
             "while it runs, wait for the WebSocket to close. VmRSS of each service's process tree "
             "(/proc/<pid>/status) every few cycles. growth = last - first sample after the first "
-            "tenth of the cycles (allocators and caches warm up); slope by least squares over those."
+            "tenth of the cycles (allocators and caches warm up); slope: Theil-Sen (the median of the "
+            "slopes between every two samples) over those, robust to the allocator handing memory back."
         ),
         "cycles": sizes.leak_cycles,
         "seconds": round(elapsed, 2),
@@ -701,7 +702,7 @@ async def soak(ctx: Context) -> dict[str, Any]:
 
 
 def rss_growth(series: Sequence[dict[str, Any]], axis: str, per: float) -> dict[str, Any]:
-    """Per service: RSS growth (MiB) after warm-up and its slope in MiB per ``per`` units of ``axis``."""
+    """Per service: RSS growth (MiB) after warm-up, and its robust slope in MiB per ``per`` of ``axis``."""
     warm = [p for p in series if p[axis] >= 0.1 * series[-1][axis]] or list(series)
     result: dict[str, Any] = {}
     for name in ("core", "facade", "triton"):

@@ -108,12 +108,25 @@ def latency(ax: Axes, results: dict[str, Any]) -> None:
         p50.append(_num(section["added_p50"]))
         p99.append(_num(section["added_p99"]))
     xs = range(len(labels))
-    bars50 = ax.bar([x - 0.2 for x in xs], p50, 0.4, color=NEUTRAL, label="p50")
-    bars99 = ax.bar([x + 0.2 for x in xs], p99, 0.4, color=BAD, label="p99")
-    _bar_labels(ax, bars50, "{:.0f}")
-    _bar_labels(ax, bars99, "{:.0f}")
+    for offset, values, color, name in ((-0.2, p50, NEUTRAL, "p50"), (0.2, p99, BAD, "p99")):
+        # Drawn at least 1 ms high (the axis' floor) so that a bar of "nothing added" is seen.
+        bars = ax.bar([x + offset for x in xs], [max(v, 1.0) for v in values], 0.4, color=color, label=name)
+        for bar, value in zip(bars, values, strict=True):
+            text = "<1" if value < 1 else f"{value:.0f}"
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set_yscale("log")
+    # Below a millisecond is "nothing added" (the mean compute subtracted from a percentile can
+    # leave a few microseconds, or less than nothing): the axis starts at 1 ms.
+    ax.set_ylim(bottom=1)
     ax.set_ylabel("ms, decode -> WebSocket, minus model compute")
     computes = [_num(r["model_compute_ms"]) for r in results["latency_live"]["runs"]]
     note = ", ".join(f"{c:.0f}" for c in computes)
@@ -157,30 +170,40 @@ def capacity(ax: Axes, results: dict[str, Any]) -> None:
 
 
 def _rss(ax: Axes, series: list[dict[str, Any]], axis: str, scale: float, xlabel: str) -> None:
+    # Two y axes: the core's hundreds of MiB would flatten the facade's tens into a line, and a
+    # leak is a trend of either one.
     xs = [p[axis] * scale for p in series]
-    for name, color in (("core", NEUTRAL), ("facade", LIGHT)):
-        ax.plot(xs, [p[name] / 1024 for p in series], marker=".", color=color, label=name)
+    ax.plot(xs, [p["core"] / 1024 for p in series], marker=".", color=NEUTRAL, label="core")
+    ax.set_ylabel("core RSS (MiB)", color=NEUTRAL)
+    right = ax.twinx()
+    right.plot(xs, [p["facade"] / 1024 for p in series], marker=".", color=LIGHT, label="facade")
+    right.set_ylabel("facade RSS (MiB)", color=LIGHT)
+    for axes in (ax, right):
+        low, high = axes.get_ylim()
+        if high - low < 4:  # a flat line should look flat, not like noise magnified
+            middle = (low + high) / 2
+            axes.set_ylim(middle - 2, middle + 2)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("RSS (MiB)")
-    ax.legend(fontsize=7)
+    ax.legend(handles=[*ax.get_lines(), *right.get_lines()], fontsize=7, loc="lower right")
+
+
+def _slopes(growth: dict[str, Any], key: str, unit: str) -> str:
+    return ", ".join(f"{name} {_num(growth[name][key]):+.1f}" for name in ("core", "facade")) + f" MiB/{unit}"
 
 
 def rss_cycles(ax: Axes, results: dict[str, Any]) -> None:
     section = results["leaks"]["cycles"]
     _rss(ax, section["series_kib"], "cycle", 1.0, "create/delete cycles")
-    growth = section["growth"]
-    ax.set_title(
-        f"RSS over cycles (+{_num(growth['core']['growth_mib']):.1f} / "
-        f"+{_num(growth['facade']['growth_mib']):.1f} MiB)",
-        fontsize=9,
-    )
+    ax.set_title(f"RSS over cycles ({_slopes(section['growth'], 'slope_mib_per_1000', '1000')})", fontsize=9)
 
 
 def rss_soak(ax: Axes, results: dict[str, Any]) -> None:
     section = results["leaks"]["soak"]
     _rss(ax, section["series_kib"], "seconds", 1 / 60, "minutes")
     ax.set_title(
-        f"RSS over a {section['seconds'] / 60:g}-minute run, {section['streams']} streams", fontsize=9
+        f"RSS, {section['seconds'] / 60:g} min x {section['streams']} cameras "
+        f"({_slopes(section['growth'], 'slope_mib_per_60', 'min')})",
+        fontsize=9,
     )
 
 

@@ -1,4 +1,4 @@
-"""Small statistics for the results: percentiles of samples, a least-squares slope."""
+"""Small statistics for the results: percentiles of samples, a robust slope."""
 
 from __future__ import annotations
 
@@ -33,10 +33,19 @@ def median(values: Sequence[float]) -> float | None:
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Least-squares slope of ys over xs (None with fewer than two distinct xs)."""
-    if len(xs) < 2 or len(set(xs)) < 2:
+    """Theil-Sen slope of ys over xs: the median of the slopes between every two points.
+
+    Robust where least squares is not: RSS drops in one step when the allocator hands memory
+    back, and one such step would make a least-squares fit read a flat series as shrinking (or a
+    leaking one as flat). None with fewer than two distinct xs.
+    """
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    dx = x[j] - x[i]
+    keep = dx != 0
+    if not keep.any():
         return None
-    return float(np.polyfit(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), 1)[0])
+    return float(np.median((y[j] - y[i])[keep] / dx[keep]))
 
 
 def rnd(value: float | None, digits: int = 3) -> float | None:
