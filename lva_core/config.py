@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "shared_memory": "auto",
         "shm_pool_mb": 256,
         # Cross-stream batching in the core, per model (Triton's dynamic batcher works on top).
-        "batching": {"max_batch": 8, "max_delay_ms": 5, "queue_size": 64},
+        "batching": {"max_batch": 8, "max_delay_ms": 0, "queue_size": 64},
         "log_path": "var/triton.log",
         # Analytic -> role -> model name. The health check covers every model named here, and an
         # MLOps engineer points an analytic at another model by changing a name.

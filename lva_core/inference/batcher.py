@@ -1,9 +1,15 @@
-"""Per-model batching across streams: gather items for at most ``max_delay``, up to ``max_batch``.
+"""Per-model batching across streams: a batch leaves as soon as the model has a free slot.
 
-Every stream's frames for one model go through one ModelBatcher. Items of equal per-item shapes
-are stacked into one request, written straight into the staged (shared-memory) arrays: the only
-copy of a frame on its way to Triton. Queues are bounded; an item whose deadline passes while
-it waits fails with DEADLINE instead of being sent late.
+Every stream's frames for one model go through one ModelBatcher. It keeps at most
+``max_in_flight`` requests at Triton; items that arrive while every slot is busy wait and leave
+together in the next batch (up to ``max_batch``). So a lone stream's frame never waits for
+company it will not get, and under load batches grow by themselves ("continuous batching").
+``max_delay`` (0 by default) makes a batch that is not full linger for more items first, for
+models where a bigger batch is worth the wait (GPU networks).
+
+Items of equal per-item shapes are stacked into one request, written straight into the staged
+(shared-memory) arrays: the only copy of a frame on its way to Triton. Queues are bounded; an
+item whose deadline passes while it waits fails with DEADLINE instead of being sent late.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class ModelBatcher:
         model_name: str,
         *,
         max_batch: int = 8,
-        max_delay: float = 0.005,
+        max_delay: float = 0.0,
         queue_size: int = 64,
         max_in_flight: int = 2,
         timeout: float = 5.0,
@@ -67,7 +73,9 @@ class ModelBatcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._carry: deque[_Item] = deque()
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._free_slots = max_in_flight
+        # Set when an item arrives or a slot frees: the two things the worker waits for.
+        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
 
@@ -97,6 +105,7 @@ class ModelBatcher:
         try:
             async with asyncio.timeout(budget):
                 await self._queue.put(item)  # bounded: a full queue pushes back on the producer
+                self._wake.set()
                 return await asyncio.shield(item.future)
         except TimeoutError:
             raise InferenceError(DEADLINE, f"{self.model_name}: no result within {budget:.1f} s") from None
@@ -104,45 +113,60 @@ class ModelBatcher:
             if not item.future.done():
                 item.future.cancel()  # tells the worker not to send it
 
-    async def _next(self, timeout: float | None) -> _Item | None:
-        if self._carry:
-            return self._carry.popleft()
-        if timeout is None:
-            return await self._queue.get()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+    def _collect(self) -> list[_Item]:
+        """Up to max_batch waiting items of the first one's shapes; the others wait in order."""
+        batch: list[_Item] = []
+        held: list[_Item] = []
+        while len(batch) < self.max_batch:
+            if self._carry:
+                item = self._carry.popleft()
+            elif not self._queue.empty():
+                item = self._queue.get_nowait()
+            else:
+                break
+            if item.future.done():
+                continue  # its caller gave up
+            (batch if not batch or item.key == batch[0].key else held).append(item)
+        self._carry.extendleft(reversed(held))
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.deadline <= now:
+                item.future.set_exception(
+                    InferenceError(DEADLINE, f"{self.model_name}: deadline passed in queue")
+                )
+            else:
+                live.append(item)
+        return live
+
+    def _waiting(self) -> int:
+        return len(self._carry) + self._queue.qsize()
 
     async def _run(self) -> None:
         while True:
-            first = await self._next(None)
-            assert first is not None
-            batch = [first]
-            held: list[_Item] = []
-            close_at = time.monotonic() + self.max_delay
-            while len(batch) < self.max_batch:
-                item = await self._next(max(0.0, close_at - time.monotonic()))
-                if item is None:
-                    break
-                (batch if item.key == first.key else held).append(item)
-                if time.monotonic() >= close_at and not self._queue.qsize():
-                    break
-            self._carry.extend(held)
-            live = [i for i in batch if not i.future.done()]
-            now = time.monotonic()
-            for item in live:
-                if item.deadline <= now:
-                    item.future.set_exception(
-                        InferenceError(DEADLINE, f"{self.model_name}: deadline passed in queue")
-                    )
-            live = [i for i in live if not i.future.done()]
-            if not live:
-                continue
-            await self._in_flight.acquire()
-            task = asyncio.create_task(self._send(live))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            await self._wake.wait()
+            self._wake.clear()
+            while self._free_slots > 0 and self._waiting():
+                if self.max_delay > 0 and self._waiting() < self.max_batch:
+                    await self._linger()
+                batch = self._collect()
+                if not batch:
+                    continue
+                self._free_slots -= 1
+                task = asyncio.create_task(self._send(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _linger(self) -> None:
+        """Wait up to max_delay for the waiting items to fill a batch."""
+        close_at = time.monotonic() + self.max_delay
+        while self._waiting() < self.max_batch:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
 
     async def _send(self, items: list[_Item]) -> None:
         try:
@@ -159,7 +183,8 @@ class ModelBatcher:
                     item.future.set_exception(error)
             self.stats.failed += len(items)
         finally:
-            self._in_flight.release()
+            self._free_slots += 1
+            self._wake.set()
 
     async def _send_one(self, model: Any, items: list[_Item]) -> None:
         shapes = {name: tuple(a.shape) for name, a in items[0].inputs.items()}

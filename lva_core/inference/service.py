@@ -32,7 +32,7 @@ class Inference:
         batching = triton.get("batching") or {}
         self._batching = {
             "max_batch": int(batching.get("max_batch", 8)),
-            "max_delay": float(batching.get("max_delay_ms", 5)) / 1000.0,
+            "max_delay": float(batching.get("max_delay_ms", 0)) / 1000.0,
             "queue_size": int(batching.get("queue_size", 64)),
             "timeout": float(triton.get("request_timeout", 5.0)),
         }
