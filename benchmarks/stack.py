@@ -73,6 +73,10 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://{self.facade.address}/1/ws"
 
+    @property
+    def core_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.core.metrics_port}/metrics"
+
     def services(self) -> dict[str, Service]:
         return {"core": self.core, "facade": self.facade, "triton": self.triton}
 
@@ -93,7 +97,9 @@ def start_stack(log_dir: Path) -> Stack:
     site = probe_plugin_site()
     triton = start_triton(log_dir)
     try:
-        core = start_core(log_dir, triton.address, {"PYTHONPATH": str(site)} if site else None)
+        # The benchmark's clips live in the cache: the one directory its streams read files from.
+        env = {"LVA_STREAMS__ALLOWED_FILE_DIRS": json.dumps([str(CACHE.resolve())])}
+        core = start_core(log_dir, triton.address, {**env, "PYTHONPATH": str(site)} if site else env)
         try:
             facade = start_facade(log_dir, core.address)
         except BaseException:

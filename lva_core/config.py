@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
         "log_format": "text",
         # Seconds the health check may spend on Triton and the models before it reports them down.
         "health_timeout": 5.0,
+        # TLS of the gRPC port: cert_file and key_file (PEM) turn it on; client_ca_file also
+        # asks every client for a certificate signed by that CA (mutual TLS). Empty: plaintext.
+        "tls": {"cert_file": "", "key_file": "", "client_ca_file": ""},
     },
     "facade": {
         "host": "127.0.0.1",
@@ -42,8 +45,13 @@ DEFAULTS: dict[str, Any] = {
         "max_body_size": 1048576,
         # Seconds between the WebSocket's server pings (autoping).
         "ws_heartbeat": 20.0,
-        # Reserved for bearer-token authentication (not enforced yet); shown masked in /1/config.
+        # Bearer token every request must carry (Authorization: Bearer <token>), except
+        # /healthcheck, /version, /metrics and /docs. Empty: no authentication. Masked in /1/config.
         "auth_token": "",
+        # TLS to the core (core.tls): ca_file verifies the core's certificate; cert_file and
+        # key_file are the facade's own, for mutual TLS; server_name overrides the name checked
+        # in the core's certificate. Empty ca_file: plaintext.
+        "core_tls": {"ca_file": "", "cert_file": "", "key_file": "", "server_name": ""},
     },
     "triton": {
         # local: the core starts tritonserver from the wheel; external: use `url`.
@@ -79,8 +87,15 @@ DEFAULTS: dict[str, Any] = {
         "buffer_size": 2,
         # Messages waiting per event subscriber; a slow one loses the oldest.
         "subscriber_queue": 256,
-        # Directories local video files may come from; empty allows any readable file.
-        "allowed_file_dirs": [],
+        # Directories local video files may come from (relative ones: to the core's working
+        # directory). Symbolic links and .. are resolved first. An empty list refuses every file.
+        "allowed_file_dirs": ["var", "media"],
+        # Stream creation per account (token bucket): per_second refills, burst is the bucket's
+        # size. per_second 0 turns the limit off.
+        "create_rate": {"per_second": 20.0, "burst": 100},
+        # SQLite file that keeps the streams over restarts (relative: to the working directory).
+        # "" or ":memory:": not persisted.
+        "store_path": "var/streams.sqlite3",
     },
     "plugins": {"disabled": []},
 }

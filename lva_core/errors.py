@@ -12,6 +12,7 @@ whose details hold an ErrorInfo with domain ``lva`` and metadata ``error_code``,
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,31 @@ _ALL = [
         _S.INVALID_ARGUMENT,
         "The request body exceeds the configured size limit.",
     ),
+    _spec(
+        47010,
+        "Unauthorized",
+        401,
+        _S.UNAUTHENTICATED,
+        "The request lacks the bearer token facade.auth_token asks for (Authorization: Bearer <token>), "
+        "or the token is wrong.",
+    ),
+    _spec(
+        47011,
+        "Too many requests",
+        429,
+        _S.RESOURCE_EXHAUSTED,
+        "The account created streams faster than streams.create_rate allows; retry after the "
+        "seconds the Retry-After header (and the body's retry_after) give.",
+    ),
+    _spec(
+        47012,
+        "Bad WebSocket handshake",
+        400,
+        _S.INVALID_ARGUMENT,
+        "The request to /1/ws is not a valid WebSocket (RFC 6455) upgrade: HTTP/1.1 or later with "
+        "Upgrade: websocket, Connection: Upgrade, a Sec-WebSocket-Key of 16 base64 bytes and "
+        "Sec-WebSocket-Version 13.",
+    ),
     _spec(47101, "Inference server unavailable", 503, _S.UNAVAILABLE, "Triton is not live or not ready."),
     _spec(47102, "Model not found", 404, _S.NOT_FOUND, "The model is not in the Triton repository."),
     _spec(47103, "Model error", 500, _S.INTERNAL, "Triton failed to load, unload or run a model."),
@@ -155,6 +181,9 @@ CORE_UNAVAILABLE = REGISTRY[47006]
 DEADLINE = REGISTRY[47007]
 NOT_IMPLEMENTED = REGISTRY[47008]
 BODY_TOO_LARGE = REGISTRY[47009]
+UNAUTHORIZED = REGISTRY[47010]
+TOO_MANY_REQUESTS = REGISTRY[47011]
+BAD_HANDSHAKE = REGISTRY[47012]
 TRITON_UNAVAILABLE = REGISTRY[47101]
 MODEL_NOT_FOUND = REGISTRY[47102]
 MODEL_ERROR = REGISTRY[47103]
@@ -170,6 +199,8 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, ErrorSpec] = {
     _S.UNAVAILABLE: CORE_UNAVAILABLE,
     _S.DEADLINE_EXCEEDED: DEADLINE,
     _S.UNIMPLEMENTED: NOT_IMPLEMENTED,
+    _S.UNAUTHENTICATED: UNAUTHORIZED,
+    _S.RESOURCE_EXHAUSTED: TOO_MANY_REQUESTS,
 }
 
 
@@ -198,6 +229,16 @@ class LunaError(Exception):
         }
         body.update(self.extra)
         return body
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's status calls for: the challenge of a 401, the wait of a 429."""
+        if self.spec.http_status == 401:
+            return {"WWW-Authenticate": 'Bearer realm="lva"'}
+        retry_after = self.extra.get("retry_after")
+        if self.spec.http_status == 429 and isinstance(retry_after, int | float):
+            # Retry-After takes whole seconds; rounding up never invites a retry that fails again.
+            return {"Retry-After": str(max(1, math.ceil(retry_after)))}
+        return {}
 
     def to_rpc_status(self) -> status_pb2.Status:
         metadata = {"error_code": str(self.spec.code), "desc": self.spec.desc, "detail": self.detail}

@@ -26,12 +26,15 @@ from lva_core.analytics.registry import discover_analytics
 from lva_core.events.bus import EventBus
 from lva_core.inference.service import Inference
 from lva_core.interceptor import LunaErrorInterceptor
-from lva_core.metrics import serve_metrics
+from lva_core.metrics import serve_metrics, watch_event_loop
+from lva_core.ratelimit import RateLimiter
 from lva_core.services.agent import AgentServicer
 from lva_core.services.analytics import AnalyticsServicer
 from lva_core.services.models import ModelsServicer
 from lva_core.services.streams import StreamsServicer
 from lva_core.streams.manager import StreamManager
+from lva_core.streams.store import StoreError, StreamStore, store_path
+from lva_core.tls import server_credentials
 from lva_core.triton.runtime import TritonRuntime
 
 log = logging.getLogger("lva_core")
@@ -53,17 +56,22 @@ class CoreServer:
         self.inference = Inference(config)
         self.bus = EventBus(int((config.get("streams") or {}).get("subscriber_queue", 256)))
         self.catalogue = discover_analytics(config)
-        self.streams = StreamManager(config, self.inference, self.bus, self.catalogue)
+        # An unusable store stops start-up here, before any port is bound (serve() exits with 1).
+        store = StreamStore(store_path(config))
+        self.streams = StreamManager(config, self.inference, self.bus, self.catalogue, store)
+        self.streams.load()
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()
         self.port = 0
         self._triton_start: asyncio.Task[None] | None = None
+        self._loop_watch: asyncio.Task[None] | None = None
 
     def _register(self) -> None:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.config, self.triton), self.server
         )
-        streams_pb2_grpc.add_StreamsServiceServicer_to_server(StreamsServicer(self.streams), self.server)
+        streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config))
+        streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
         analytics = AnalyticsServicer(self.catalogue, self.config["triton"].get("models") or {})
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(
@@ -82,29 +90,42 @@ class CoreServer:
     async def start(self) -> int:
         self._register()
         core = self.config["core"]
-        self.port = self.server.add_insecure_port(f"{core['host']}:{core['port']}")
+        address = f"{core['host']}:{core['port']}"
+        credentials = server_credentials(core.get("tls") or {})
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot bind {core['host']}:{core['port']}")
         await self.inference.start()
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("core listening on %s:%s", core["host"], self.port)
+        log.info("core listening on %s:%s%s", core["host"], self.port, " (TLS)" if credentials else "")
         self.metrics_port = serve_metrics(
             core["host"], int(core.get("metrics_port", 0)), self.streams, self.bus
         )
         log.info("core metrics on http://%s:%s/metrics", core["host"], self.metrics_port)
+        self._loop_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         # Triton starts in the background: the API answers (and health reports) meanwhile.
-        self._triton_start = asyncio.create_task(self.triton.start())
+        self._triton_start = asyncio.create_task(self._start_triton())
         return self.port
+
+    async def _start_triton(self) -> None:
+        await self.triton.start()
+        # The streams of the last run resume once Triton is up, so that their first frames are
+        # analysed rather than failed; they show pending until then.
+        self.streams.resume()
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        if self._triton_start is not None:
-            self._triton_start.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._triton_start
+        for task in (self._triton_start, self._loop_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.streams.close()
         await self.inference.close()
         await self.triton.stop()
@@ -113,7 +134,12 @@ class CoreServer:
 
 async def serve(config: dict[str, Any]) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
-    server = CoreServer(config)
+    try:
+        server = CoreServer(config)
+    except StoreError as exc:
+        # Running on without the store would lose every stream at the next restart: refuse.
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

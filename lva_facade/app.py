@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 
+from lva_facade.auth import auth_middleware
 from lva_facade.docs_routes import add_docs_routes
 from lva_facade.error_middleware import error_middleware
 from lva_facade.metrics import add_metrics_route
@@ -31,11 +32,15 @@ def build_app(
 ) -> web.Application:
     """The facade for ``services`` (the product's own by default), talking to ``facade.core_address``."""
     facade = config["facade"]
+    # Order: errors outermost (every answer gets a LUNA body and the request id), then the
+    # request id (so that a refused request is logged under its id), then authentication.
+    auth = auth_middleware(str(facade.get("auth_token") or ""))
     app = web.Application(
-        middlewares=[error_middleware, request_id_middleware], client_max_size=int(facade["max_body_size"])
+        middlewares=[error_middleware, request_id_middleware, auth],
+        client_max_size=int(facade["max_body_size"]),
     )
     routes = discover_routes(services if services is not None else lva_services())
-    core = CoreClient(facade["core_address"], float(facade["request_timeout"]))
+    core = CoreClient(facade["core_address"], float(facade["request_timeout"]), facade.get("core_tls"))
     add_routes(app, routes, core)
     for route in routes:
         if route.server_streaming and route.method.full_name == "lva.v1.StreamsService.WatchStream":

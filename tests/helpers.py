@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -127,9 +130,35 @@ def core_env(triton_url: str, port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def start_core(log_dir: Path, triton_url: str, env: dict[str, str] | None = None) -> Service:
-    port, metrics_port = free_port(), free_port()
-    full_env = core_env(triton_url, port, LVA_CORE__METRICS_PORT=str(metrics_port), **(env or {}))
+def _names_store(env: dict[str, str]) -> bool:
+    """Whether ``env`` sets streams.store_path, itself or in the config file it names."""
+    if "LVA_STREAMS__STORE_PATH" in env:
+        return True
+    if "LVA_CONFIG" not in env:
+        return False
+    loaded = yaml.safe_load(Path(env["LVA_CONFIG"]).read_text()) or {}
+    return "store_path" in (loaded.get("streams") or {})
+
+
+def start_core(
+    log_dir: Path,
+    triton_url: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    metrics_port: int | None = None,
+) -> Service:
+    """A core (on free ports unless given). Local video files may come from the directory above ``log_dir``:
+    pytest's base temporary directory, where the tests write their clips
+    (``streams.allowed_file_dirs``; ``env`` may set it otherwise)."""
+    # Given ports: a restarted core comes back where it was, as the facade expects it.
+    port, metrics_port = port or free_port(), metrics_port or free_port()
+    files = {"LVA_STREAMS__ALLOWED_FILE_DIRS": json.dumps([str(log_dir.resolve().parent)])}
+    # A store of its own per core (and per port: a core restarted on its port finds its streams),
+    # never the repository's var/streams.sqlite3, unless ``env`` or its config file names one.
+    if not _names_store(env or {}):
+        files["LVA_STREAMS__STORE_PATH"] = str(log_dir / f"streams-{port}.sqlite3")
+    extra = {"LVA_CORE__METRICS_PORT": str(metrics_port), **files, **(env or {})}
+    full_env = core_env(triton_url, port, **extra)
     service = _spawn("core", [PYTHON, "-m", "lva_core"], log_dir, port, full_env)
     service.metrics_port = metrics_port
     service.wait_port(30)

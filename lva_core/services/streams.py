@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,7 +10,9 @@ import grpc
 from google.protobuf import struct_pb2
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
+from lva_core.errors import TOO_MANY_REQUESTS, LunaError
 from lva_core.events.bus import Message
+from lva_core.ratelimit import RateLimiter
 from lva_core.streams.manager import StreamManager, status_message
 from lva_core.streams.state import Status
 from lva_core.streams.validation import invalid
@@ -30,14 +33,37 @@ def watch_response(message: Message, lost: int) -> streams_pb2.WatchStreamRespon
     return response
 
 
+def _bucket_key(account_id: str) -> str:
+    """The rate limit's key: the canonical UUID, so that a key is small whatever the caller
+    sends; every malformed id shares one bucket (creation refuses them anyway)."""
+    if not account_id:
+        return ""
+    try:
+        return str(uuid.UUID(account_id))
+    except ValueError:
+        return "invalid"
+
+
 class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
-    def __init__(self, manager: StreamManager) -> None:
+    def __init__(self, manager: StreamManager, create_limiter: RateLimiter | None = None) -> None:
         self._manager = manager
+        self._create_limiter = create_limiter
 
     async def CreateStream(
         self, request: streams_pb2.CreateStreamRequest, context: Context
     ) -> streams_pb2.CreateStreamResponse:
-        record = self._manager.create(request)
+        if self._create_limiter is not None:
+            # Checked before validation, so that invalid requests count too: probing is not free.
+            wait = self._create_limiter.acquire(_bucket_key(request.account_id))
+            if wait > 0:
+                account = request.account_id or "the anonymous account"
+                raise LunaError(
+                    TOO_MANY_REQUESTS,
+                    f"{account} creates streams faster than streams.create_rate allows; "
+                    f"retry in {wait:.2f} s",
+                    {"retry_after": round(wait, 3)},
+                )
+        record = await self._manager.create(request)
         return streams_pb2.CreateStreamResponse(
             stream_id=record.stream_id, url=f"/1/streams/{record.stream_id}"
         )
@@ -66,13 +92,13 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
         if request.status == streams_pb2.STREAM_STATUS_UNSPECIFIED:
             raise invalid("status", "is required: pause, or pending to resume")
         target = Status.from_proto(request.status)
-        record = await self._manager.update(request.stream_id, target)
+        record = await self._manager.update(request.stream_id, target, request.account_id)
         return streams_pb2.UpdateStreamResponse(stream=record.to_proto())
 
     async def DeleteStream(
         self, request: streams_pb2.DeleteStreamRequest, context: Context
     ) -> streams_pb2.DeleteStreamResponse:
-        await self._manager.delete(request.stream_id)
+        await self._manager.delete(request.stream_id, request.account_id)
         return streams_pb2.DeleteStreamResponse()
 
     async def WatchStream(

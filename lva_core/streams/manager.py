@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import numpy as np
 
 from lva.v1 import streams_pb2
 from lva_core.analytics.base import Analytic, InferFn
-from lva_core.errors import BAD_JSON, BAD_QUERY, OBJECT_NOT_FOUND, LunaError
+from lva_core.errors import BAD_JSON, BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError
 from lva_core.events.bus import EventBus, Message
 from lva_core.inference.service import Inference
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.state import USER_TARGETS, Status
+from lva_core.streams.store import StoreError, StreamStore
 from lva_core.streams.validation import (
     check_uuid,
     invalid,
@@ -40,7 +42,12 @@ def status_message(record: StreamRecord, results: Mapping[str, Any] | None = Non
 
 class StreamManager:
     def __init__(
-        self, config: dict[str, Any], inference: Inference, bus: EventBus, catalogue: Mapping[str, Analytic]
+        self,
+        config: dict[str, Any],
+        inference: Inference,
+        bus: EventBus,
+        catalogue: Mapping[str, Analytic],
+        store: StreamStore | None = None,
     ) -> None:
         streams = config.get("streams") or {}
         self.timeouts = {
@@ -49,13 +56,16 @@ class StreamManager:
         }
         self.buffer_size = int(streams.get("buffer_size", 2))
         dirs = streams.get("allowed_file_dirs")
-        self.allowed_dirs = [Path(d) for d in dirs] if dirs else None
+        # An empty list allows no local file at all (network sources only); see docs/security.md.
+        self.allowed_dirs = [Path(d) for d in dirs or []]
         self.models: dict[str, Any] = dict(config["triton"].get("models") or {})
         self.inference = inference
         self.bus = bus
         self.catalogue = dict(catalogue)
         self.records: dict[str, StreamRecord] = {}
         self.workers: dict[str, StreamWorker] = {}
+        # Without a store of its own (unit tests) nothing outlives the process.
+        self.store = store if store is not None else StreamStore()
 
     # ------------------------------------------------------------------ events
 
@@ -66,6 +76,7 @@ class StreamManager:
         if record.status is status and record.error == error:
             return
         record.transition(status, error)
+        self.store.note_status(record)
         log.info("stream %s -> %s%s", record.stream_id, status.value, f" ({error})" if error else "")
         self.bus.publish(record.stream_id, status_message(record))
 
@@ -97,7 +108,7 @@ class StreamManager:
         if worker is not None:
             await worker.stop()
 
-    def create(self, request: streams_pb2.CreateStreamRequest) -> StreamRecord:
+    async def create(self, request: streams_pb2.CreateStreamRequest) -> StreamRecord:
         if request.account_id:
             check_uuid(request.account_id, "account_id")
         if not request.HasField("data"):
@@ -117,6 +128,8 @@ class StreamManager:
             autorestart=validate_autorestart(request),
             status=status,
         )
+        # Committed before the API answers: a stream the user was told exists survives a crash.
+        await self._persist(self.store.insert(record))
         self.records[record.stream_id] = record
         if status is Status.PENDING:
             self._start_worker(record)
@@ -148,8 +161,8 @@ class StreamManager:
         start = (page - 1) * page_size
         return matching[start : start + page_size], len(matching)
 
-    async def update(self, stream_id: str, target: Status) -> StreamRecord:
-        record = self.get(stream_id)
+    async def update(self, stream_id: str, target: Status, account_id: str = "") -> StreamRecord:
+        record = self.get(stream_id, account_id)  # another account's stream: not found, as in get
         if target not in USER_TARGETS:
             raise invalid("status", "must be pause or pending")
         if record.status is target:
@@ -158,13 +171,19 @@ class StreamManager:
             self.set_status(record, Status.PAUSE, None)  # checks the transition first
             await self._stop_worker(stream_id)
         else:
+            missing = [spec.name for spec in record.analytics if spec.name not in self.catalogue]
+            if missing:
+                # Kept after a restart without its plugin (load()); it can run once the analytic is back.
+                raise LunaError(CONFLICT, f"analytic {missing[0]} is not available in this core")
             self.set_status(record, Status.PENDING, None)
             await self._stop_worker(stream_id)
             self._start_worker(record)
+        await self._persist(self.store.save_status(record))  # a pause must survive a crash too
         return record
 
-    async def delete(self, stream_id: str) -> None:
-        record = self.get(stream_id)
+    async def delete(self, stream_id: str, account_id: str = "") -> None:
+        record = self.get(stream_id, account_id)
+        await self._persist(self.store.delete(stream_id))  # first: a failed delete changes nothing
         await self._stop_worker(stream_id)
         del self.records[stream_id]
         final = status_message(record)
@@ -176,3 +195,44 @@ class StreamManager:
     async def close(self) -> None:
         for stream_id in list(self.workers):
             await self._stop_worker(stream_id)
+        # After the workers: their last status changes are written before the file closes.
+        await self.store.close()
+
+    # ------------------------------------------------------------------ persistence
+
+    async def _persist(self, write: Awaitable[None]) -> None:
+        try:
+            await write
+        except StoreError as exc:
+            log.error("stream store: %s", exc)
+            raise LunaError(INTERNAL, f"the stream store failed: {exc}") from None
+
+    def load(self) -> None:
+        """The stored streams, at start-up. Active ones come back as pending; resume() starts them.
+
+        Paused, done and failed streams stay as they are, with their error.
+        """
+        for record in self.store.load():
+            if record.status.active:
+                # Not a transition: no worker ran in this process; the stream starts over.
+                missing = [spec.name for spec in record.analytics if spec.name not in self.catalogue]
+                if missing:
+                    # Kept, not dropped: it runs again when the analytic is back and the user resumes it.
+                    record.status = Status.FAILURE
+                    record.error = f"analytic {missing[0]} is not available in this core"
+                else:
+                    record.status, record.error = Status.PENDING, None
+                record.last_update_time = time.time()
+                self.store.note_status(record)
+            self.records[record.stream_id] = record
+        if self.store.persistent:
+            log.info("stream store %s: %d streams loaded", self.store.path, len(self.records))
+        else:
+            log.info("stream store in memory: streams are lost when the core stops (streams.store_path)")
+
+    def resume(self) -> None:
+        """Start the pending streams that have no worker: the ones load() brought back."""
+        for record in list(self.records.values()):
+            if record.status is Status.PENDING and record.stream_id not in self.workers:
+                log.info("stream %s resumed", record.stream_id)
+                self._start_worker(record)

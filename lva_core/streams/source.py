@@ -64,6 +64,7 @@ import av
 import av.error
 import numpy as np
 
+from lva_core.config import mask_url
 from lva_core.streams.frame import Frame
 
 log = logging.getLogger("lva_core.streams.source")
@@ -224,12 +225,9 @@ def validate_reference(reference: str, kind: str, allowed_dirs: list[Path] | Non
 
 
 def _redact(reference: str) -> str:
-    """The reference without a password, for messages and logs."""
-    parts = urlsplit(reference)
-    if parts.password is None:
-        return reference
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    """The reference without credentials (user, password, token query parameters), for messages
+    and logs: the same masking as the API's answers (config.mask_url)."""
+    return mask_url(reference)
 
 
 # ---- classification ---------------------------------------------------------------------------
@@ -269,6 +267,9 @@ def classify(
         return exc
     where = f" ({_redact(reference)})" if reference else ""
     text = f"{type(exc).__name__}: {exc}"
+    if reference:
+        # FFmpeg's messages quote the URL they failed on, credentials and all.
+        text = text.replace(reference, _redact(reference))
     if isinstance(exc, av.error.ExitError) or (
         elapsed is not None and timeout is not None and elapsed >= 0.9 * timeout
     ):
