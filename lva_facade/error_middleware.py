@@ -29,7 +29,9 @@ def error_link(request: web.Request, code: int) -> str:
 
 def error_response(request: web.Request, error: LunaError) -> web.Response:
     request[ERROR_CODE_KEY] = error.code
-    return web.json_response(error.body(error_link(request, error.code)), status=error.spec.http_status)
+    return web.json_response(
+        error.body(error_link(request, error.code)), status=error.spec.http_status, headers=error.headers()
+    )
 
 
 def _from_http_exception(exc: web.HTTPException) -> LunaError | None:
@@ -54,7 +56,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if converted is None:
             exc.headers[HEADER] = request_id_of(request)
             raise  # redirects and other deliberate HTTP answers pass through
-        return error_response(request, converted)
+        response = error_response(request, converted)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            # RFC 9110: a 405 lists the methods the resource does support.
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except Exception:
         log.exception("request %s failed", request_id_of(request))
         return error_response(request, LunaError(INTERNAL, "internal error; see the facade log"))

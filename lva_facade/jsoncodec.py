@@ -39,6 +39,7 @@ _INT_TYPES = {
     _F.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _FLOAT_TYPES = {_F.TYPE_FLOAT, _F.TYPE_DOUBLE}
+_FLOAT32_MAX = 3.4028234663852886e38
 _STRUCT_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 _WRAPPERS = {
     f"google.protobuf.{name}Value"
@@ -113,7 +114,8 @@ def enum_from_json(enum: EnumDescriptor, value: Any, path: str) -> int:
 def _plain_json(value: Any) -> Any:
     """Struct numbers are doubles; give integral ones back as ints so 5241 does not read 5241.0."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+        # -0.0 stays a float: as the int 0 it would come back as +0.0.
+        return value if value == 0 and math.copysign(1.0, value) < 0 else int(value)
     if isinstance(value, dict):
         return {k: _plain_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -167,6 +169,15 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+def _utf8(text: str, path: str) -> str:
+    """JSON may escape a lone surrogate (``"\\ud800"``); protobuf strings must be valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CodecError(path, "must be valid Unicode text (it has a lone surrogate)") from None
+    return text
+
+
 def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     kind = field.type
     if kind == _F.TYPE_ENUM:
@@ -183,9 +194,13 @@ def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     if kind in _FLOAT_TYPES:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise CodecError(path, f"must be a number, not {type(value).__name__}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # an integer beyond a double's range overflows
+        except OverflowError:
+            raise CodecError(path, "must be a finite number") from None
+        if not math.isfinite(number) or (kind == _F.TYPE_FLOAT and abs(number) > _FLOAT32_MAX):
             raise CodecError(path, "must be a finite number")
-        return float(value)
+        return number
     if kind == _F.TYPE_BOOL:
         if not isinstance(value, bool):
             raise CodecError(path, f"must be a boolean, not {type(value).__name__}")
@@ -193,7 +208,7 @@ def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     if kind == _F.TYPE_STRING:
         if not isinstance(value, str):
             raise CodecError(path, f"must be a string, not {type(value).__name__}")
-        return value
+        return _utf8(value, path)
     if kind == _F.TYPE_BYTES:
         if not isinstance(value, str):
             raise CodecError(path, "must be a base64 string")
@@ -219,7 +234,10 @@ def json_to_message(data: Any, message: Message, path: str = "") -> Message:
             data = f"{data}s"
         try:
             json_format.ParseDict(data, message)
-        except (json_format.ParseError, TypeError, ValueError) as exc:
+        except RecursionError:
+            raise CodecError(path, "nested too deeply") from None
+        except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: an integer beyond a double's range in a Struct.
             raise CodecError(path, str(exc)) from exc
         return message
     if full_name in _WRAPPERS:

@@ -63,14 +63,18 @@ FACADE_PATHS: dict[str, Any] = {
                 {
                     "name": "Accept",
                     "in": "header",
-                    "required": True,
-                    "schema": {"type": "string", "enum": ["application/x-yaml", "text/html"]},
+                    # A list of media ranges, negotiated as usual (q values, */*); without one
+                    # the answer is YAML, and one matching neither type is error 12024.
+                    "required": False,
+                    "description": "application/x-yaml (the default) or text/html.",
+                    "schema": {"type": "string"},
                 },
             ],
             "responses": {
                 "200": {
                     "description": "The OpenAPI document",
-                    "content": {"application/x-yaml": {"schema": {"type": "string"}}, "text/html": {}},
+                    # The YAML is this document: an object to a client that parses it.
+                    "content": {"application/x-yaml": {"schema": {"type": "object"}}, "text/html": {}},
                 },
                 "default": {"$ref": "#/components/responses/Error"},
             },
@@ -82,7 +86,10 @@ FACADE_PATHS: dict[str, Any] = {
             "summary": "get development manual",
             "operationId": "GetDevelopmentManual",
             "parameters": [REQUEST_ID_PARAMETER],
-            "responses": {"302": {"description": "Redirect to /docs/dev/index.html"}},
+            "responses": {
+                "302": {"description": "Redirect to /docs/dev/index.html"},
+                "default": {"$ref": "#/components/responses/Error"},
+            },
         }
     },
 }
@@ -208,7 +215,17 @@ def build_openapi(routes: list[Route], title: str, version: str) -> dict[str, An
             "description": "Generated from the lva.v1 protos and their google.api.http annotations.",
         },
         "paths": dict(sorted(paths.items())),
+        # Optional: the token is only asked for when facade.auth_token is set (docs/security.md).
+        "security": [{}, {"bearerAuth": []}],
         "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "facade.auth_token, when set; not needed by /healthcheck, "
+                    "/version, /metrics and /docs.",
+                }
+            },
             "schemas": {"LunaError": ERROR_SCHEMA, **dict(sorted(schemas.schemas.items()))},
             "responses": {
                 "Error": {

@@ -27,6 +27,7 @@ from lva_core.errors import (
     from_trailers,
     spec_for_grpc_code,
 )
+from lva_core.tls import channel_credentials, channel_options
 from lva_facade.jsoncodec import (
     CodecError,
     is_repeated,
@@ -52,9 +53,12 @@ CHANNEL_OPTIONS = [
 class CoreClient:
     """The facade's one channel to the core, and a cached stub per method."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, tls: dict[str, Any] | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        # facade.core_tls; checked here, so that a bad certificate path fails at startup.
+        self._credentials = channel_credentials(tls or {})
+        self._options = CHANNEL_OPTIONS + channel_options(tls or {})
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[str, Any] = {}
 
@@ -62,7 +66,11 @@ class CoreClient:
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
             # Created lazily so that it binds to the running event loop.
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+            else:
+                credentials = self._credentials
+                self._channel = grpc.aio.secure_channel(self.address, credentials, options=self._options)
         return self._channel
 
     def unary_unary(self, route: Route) -> Any:
@@ -141,6 +149,25 @@ def _bind_query(message: Message, route: Route, request: web.Request) -> None:
             raise LunaError(BAD_QUERY, str(exc)) from None
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, strictly: every failure is a 12027, never an internal error.
+
+    Python's parser is lenient and fragile where a fuzzer looks: it accepts ``NaN`` and
+    ``Infinity`` (which protobuf then cannot render back), raises ValueError for integers of
+    more than 4300 digits and RecursionError for deep nesting.
+    """
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise LunaError(BAD_JSON, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the digit limit, NaN
+        raise LunaError(BAD_JSON, f"malformed JSON: {exc}") from None
+
+
 async def _bind_body(message: Message, route: Route, request: web.Request) -> None:
     if not route.body:
         return
@@ -152,10 +179,7 @@ async def _bind_body(message: Message, route: Route, request: web.Request) -> No
             raise LunaError(
                 BAD_CONTENT_TYPE, f"content type {request.content_type!r}: expected application/json"
             )
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LunaError(BAD_JSON, f"malformed JSON: {exc}") from None
+        data = parse_json(raw)
     try:
         if route.body == "*":
             json_to_message(data, message)

@@ -16,10 +16,10 @@ import uuid
 from typing import Any
 
 import grpc
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 
 from lva.v1 import streams_pb2
-from lva_core.errors import BAD_QUERY, LunaError
+from lva_core.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
 from lva_facade.jsoncodec import message_to_json
 from lva_facade.request_id import HEADER, METADATA_KEY, request_id_of
 from lva_facade.routes import Route
@@ -66,9 +66,16 @@ def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat
         except grpc.aio.AioRpcError as exc:
             raise rpc_error_to_luna(exc, route, core.address) from None
 
+        if request.version < HttpVersion11:
+            # RFC 6455 4.1; aiohttp would upgrade an HTTP/1.0 request, whose proxies know no Upgrade.
+            raise LunaError(BAD_HANDSHAKE, "a WebSocket handshake needs HTTP/1.1 or later")
         ws = web.WebSocketResponse(heartbeat=heartbeat, autoping=True)
         ws.headers[HEADER] = request_id_of(request)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except web.HTTPBadRequest as exc:
+            # aiohttp checks the handshake before it sends anything; its answer would be text/plain.
+            raise LunaError(BAD_HANDSHAKE, f"not a valid WebSocket upgrade: {exc.text}") from None
         call: Any = core.channel.unary_stream(
             route.grpc_path,
             request_serializer=lambda m: m.SerializeToString(),

@@ -18,6 +18,7 @@ The parameter fragments the analytics share (``roi``) live here as well, with th
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,12 +89,34 @@ def _error_path(error: ValidationError, prefix: str) -> tuple[str, str]:
     return json_path(prefix, parts), error.message
 
 
+def _non_finite(value: Any, parts: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """The JSON path parts of the first NaN or infinite number in ``value``, if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return parts
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[str | int, Any]] = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, (*parts, key))
+        if found is not None:
+            return found
+    return None
+
+
 def validate(schema: Mapping[str, Any], parameters: Any, path: str) -> dict[str, Any]:
     """``parameters`` with defaults filled in, or ``LunaError(BAD_JSON)`` naming the bad field.
 
     ``path`` is where the parameters sit in the request (``analytics[0].parameters``); ``None``
     parameters mean "all defaults".
     """
+    bad = _non_finite(parameters, ())
+    if bad is not None:
+        # A gRPC Struct carries NaN and Infinity; JSON schema's bounds let them through (NaN is
+        # never below a minimum), and the stream could then never be rendered as JSON again.
+        raise invalid(json_path(path, bad), "must be a finite number")
     instance = fill_defaults(schema, {} if parameters is None else parameters)
     validator = Draft202012Validator(schema)
     # best_match prefers the shallowest, most specific error: one clear message, deterministic.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
@@ -41,20 +43,32 @@ def validate_data(data: streams_pb2.StreamData, allowed_dirs: list[Path] | None)
     kind = "videofile" if checked.type == streams_pb2.SOURCE_TYPE_VIDEOFILE else "stream"
     try:
         validate_reference(data.reference, kind, allowed_dirs)
+        if data.reference.lower().startswith(NETWORK_SCHEMES):
+            _ = urlsplit(data.reference).port  # 0..65535, or ValueError
     except SourceError as error:
         raise invalid("data.reference", f"{error.kind}: {error}") from None
+    except (ValueError, OSError):
+        # urlsplit refuses a malformed host or port ("rtsp://[::1"), the file system a NUL byte
+        # or a name too long: an unusable reference, not a broken agent. The OS message would
+        # name the agent's own directories, so it is not passed on.
+        raise invalid("data.reference", "unsupported_scheme: not a usable URL or file name") from None
     if data.rotation not in (0, 90, 180, 270):
         raise invalid("data.rotation", "must be 0, 90, 180 or 270")
     if data.HasField("roi"):
         roi = data.roi
         for name in ("x", "y", "width", "height"):
-            if getattr(roi, name) < 0:
+            value = getattr(roi, name)
+            if not math.isfinite(value):
+                raise invalid(f"data.roi.{name}", "must be a finite number")
+            if value < 0:
                 raise invalid(f"data.roi.{name}", "must not be negative")
         outside = roi.x + roi.width > 100 or roi.y + roi.height > 100
         if roi.mode == streams_pb2.ROI_MODE_PERCENT and outside:
             raise invalid("data.roi", "a percent ROI must lie within 0..100")
     rate = data.frame_processing.rate
     if data.frame_processing.HasField("rate"):
+        if not math.isfinite(rate.period):
+            raise invalid("data.frame_processing.rate.period", "must be a finite number")
         if rate.period <= 0:
             raise invalid("data.frame_processing.rate.period", "must be positive")
         if rate.unit != streams_pb2.RATE_UNIT_SECOND and not float(rate.period).is_integer():
@@ -88,6 +102,8 @@ def validate_autorestart(request: streams_pb2.CreateStreamRequest) -> streams_pb
         raise invalid("autorestart.restart", "must be 0 or 1")
     if autorestart.attempt_count < 0:
         raise invalid("autorestart.attempt_count", "must not be negative")
+    if not math.isfinite(autorestart.delay):
+        raise invalid("autorestart.delay", "must be a finite number")
     if autorestart.delay < 0:
         raise invalid("autorestart.delay", "must not be negative")
     if autorestart.restart and autorestart.attempt_count == 0:
