@@ -19,6 +19,7 @@ from typing import Any
 import av
 import numpy as np
 
+from benchmarks import profile
 from benchmarks.api import PROBE, Api, Watcher, people_counter, stream_body, subscribe, timestamp
 from benchmarks.rtsp import RtspCameras
 from benchmarks.stack import Stack, TritonProbe
@@ -251,6 +252,7 @@ async def pipeline(ctx: Context) -> dict[str, Any]:
                     "samples_ms": [round(x * 1000, 2) for x in latencies],
                 },
                 "cpu_ms_per_frame": cpu_per_frame(repeats),
+                "core_stages": median_stages([r["core"]["core_stages"] for r in repeats]),
                 "repeats": repeats,
             }
         )
@@ -291,12 +293,16 @@ async def core_run(ctx: Context, streams: int, deliver: bool) -> dict[str, Any]:
     ids = [await api.create(body) for _ in range(streams)]
     watchers: list[Watcher] = await subscribe(api, ids) if deliver else []
     before, cpu_before = await ctx.triton.stats(PROBE_MODEL), ctx.stack.cpu_seconds()
+    stages_before = await profile.snapshot(api.http, ctx.stack.core_metrics_url)
     try:
         resumed = time.time()
         await asyncio.gather(*(api.patch(i, "pending") for i in ids))
         records = await api.wait_final(ids, timeout=600, poll=0.1)
         cpu_after = ctx.stack.cpu_seconds()
         triton = (await ctx.triton.stats(PROBE_MODEL)).since(before)
+        stages = profile.stages_between(
+            stages_before, await profile.snapshot(api.http, ctx.stack.core_metrics_url)
+        )
         bad = [r for r in records if r["status"] != "done"]
         if bad:
             raise RuntimeError(f"pipeline stream ended {bad[0]['status']}: {bad[0]['error']}")
@@ -320,10 +326,21 @@ async def core_run(ctx: Context, streams: int, deliver: bool) -> dict[str, Any]:
         "fps": frames / seconds if seconds > 0 else 0.0,
         "cpu_seconds": {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after},
         "triton": triton,
+        "core_stages": stages,
         "events_received": sum(w.probe_events for w in watchers),
         "events_lost": sum(w.lost for w in watchers),
         "latencies_s": [x for w in watchers for x in w.latencies],
     }
+
+
+def median_stages(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each hot-path stage's median over the repeats (benchmarks/profile.py)."""
+    keys = [
+        k
+        for k in runs[0]
+        if k.endswith(("_ms_per_frame", "_ms_per_item", "_ms_per_batch", "_ms_mean", "_bound"))
+    ]
+    return {k: rnd(median([r[k] for r in runs if r[k] is not None])) for k in keys}
 
 
 def cpu_per_frame(repeats: Sequence[dict[str, Any]]) -> dict[str, float | None]:

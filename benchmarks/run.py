@@ -263,6 +263,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             str(r["streams"]): r.get("efficiency_ceiling_model_only") for r in runs
         },
         "batching_efficiency": {str(r["streams"]): r["batching"]["efficiency"] for r in runs},
+        "core_stages_ms": {str(r["streams"]): r.get("core_stages") for r in runs},
         "added_latency_ms": {
             f"live_x{r['streams']}": {"p50": r["added_p50"], "p99": r["added_p99"]} for r in live
         },

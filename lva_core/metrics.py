@@ -7,6 +7,9 @@ counters incremented on the hot path), so ``/metrics`` always agrees with the st
 
 from __future__ import annotations
 
+import asyncio
+import re
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +38,42 @@ INFERENCE_ERRORS = Counter(
     "Failed inference requests, by model and LUNA error code.",
     ["model", "code"],
 )
+# The hot path's stages, for profiling (benchmarks read their sums and counts: mean per frame).
+# Unlabelled or labelled by model only, so that their cardinality does not grow with streams.
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FRAME_DECODE = Histogram(
+    "lva_frame_decode_seconds",
+    "Time the stream's decoding thread spends on one analysed frame: demux, decode, convert "
+    "(with sampling, the skipped frames too).",
+    buckets=_FAST,
+)
+FRAME_ANALYSIS = Histogram(
+    "lva_frame_analysis_seconds",
+    "Time from a frame leaving its stream's buffer to its events being published (all analytics).",
+    buckets=_FAST,
+)
+BATCH_WAIT = Histogram(
+    "lva_inference_queue_seconds",
+    "Time an item waits in the core's batcher before its request leaves, by model.",
+    ["model"],
+    buckets=_FAST,
+)
+LOOP_LAG = Histogram(
+    "lva_core_event_loop_lag_seconds",
+    "How late the core's event loop runs a timer (sampled every 100 ms): a stall of the loop shows here.",
+    buckets=_FAST,
+)
+
+
+async def watch_event_loop(interval: float = 0.1) -> None:
+    """Sample the event loop's lag forever (cancel to stop): blocking work on the loop shows as lag."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
+
+
 RPC_REQUESTS = Counter("lva_grpc_requests_total", "gRPC requests served by the core.", ["method", "code"])
 RPC_LATENCY = Histogram(
     "lva_grpc_request_duration_seconds",
@@ -104,8 +143,47 @@ class StreamCollector(Collector):
         yield dropped
 
 
+# "decode:<stream id>" -> "decode", "ThreadPoolExecutor-0_3" -> "ThreadPoolExecutor": a bounded label.
+_THREAD_KIND = re.compile(r"[A-Za-z_]+")
+
+
+class RuntimeCollector(Collector):
+    """Asyncio tasks and Python threads of the core, counted at scrape time.
+
+    What the leak checks of the reliability suite (``reliability/``) count: a stream or a
+    subscriber that leaves a task or a decoding thread behind shows here. The scrape runs in the
+    metrics server's thread; ``asyncio.all_tasks`` copies the loop's weak set with retries,
+    which is safe from another thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def collect(self) -> Iterator[Any]:
+        tasks = GaugeMetricFamily("lva_core_asyncio_tasks", "Unfinished asyncio tasks of the core's loop.")
+        tasks.add_metric([], float(len(asyncio.all_tasks(self.loop))))
+        yield tasks
+        threads = GaugeMetricFamily(
+            "lva_core_threads",
+            "Python threads of the core, by kind (the leading letters of the thread's name).",
+            labels=["kind"],
+        )
+        kinds: dict[str, int] = {}
+        for thread in threading.enumerate():
+            match = _THREAD_KIND.match(thread.name)
+            kind = match.group(0) if match else "other"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, count in sorted(kinds.items()):
+            threads.add_metric([kind], float(count))
+        yield threads
+
+
 def serve_metrics(host: str, port: int, manager: StreamManager, bus: EventBus) -> int:
-    """Expose the default registry (process metrics included) plus the stream collector."""
+    """Expose the default registry (process metrics included) plus the stream collector.
+
+    Called from the core's event loop, whose tasks the runtime collector counts.
+    """
     REGISTRY.register(StreamCollector(manager, bus))
+    REGISTRY.register(RuntimeCollector(asyncio.get_running_loop()))
     server, _thread = start_http_server(port, addr=host)
     return int(server.server_port)

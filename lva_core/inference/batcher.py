@@ -27,7 +27,7 @@ import numpy as np
 
 from lva_core.errors import DEADLINE, TRITON_UNAVAILABLE
 from lva_core.inference.client import InferenceError, TritonClient, classify
-from lva_core.metrics import BATCH_SIZE, INFERENCE_ERRORS, INFERENCE_LATENCY
+from lva_core.metrics import BATCH_SIZE, BATCH_WAIT, INFERENCE_ERRORS, INFERENCE_LATENCY
 
 log = logging.getLogger("lva_core.inference")
 
@@ -39,6 +39,7 @@ class _Item:
     inputs: Mapping[str, np.ndarray[Any, Any]]
     deadline: float
     future: asyncio.Future[Arrays]
+    queued_at: float = field(default_factory=time.monotonic)
     key: tuple[tuple[str, tuple[int, ...]], ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,7 +131,9 @@ class ModelBatcher:
         self._carry.extendleft(reversed(held))
         now = time.monotonic()
         live = []
+        wait = BATCH_WAIT.labels(self.model_name)
         for item in batch:
+            wait.observe(now - item.queued_at)
             if item.deadline <= now:
                 item.future.set_exception(
                     InferenceError(DEADLINE, f"{self.model_name}: deadline passed in queue")

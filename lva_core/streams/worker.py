@@ -19,6 +19,7 @@ from lva.v1 import streams_pb2
 from lva_core.analytics.base import Analytic, InferFn
 from lva_core.errors import LunaError
 from lva_core.logs import request_id_var, stream_id_var
+from lva_core.metrics import FRAME_ANALYSIS, FRAME_DECODE
 from lva_core.streams.buffer import BufferStrategy, FrameBuffer
 from lva_core.streams.frame import Frame
 from lva_core.streams.record import StreamRecord
@@ -153,7 +154,9 @@ class StreamWorker:
                 if isinstance(item, BaseException):
                     raise item
                 record.statistics.frames_dropped = buffer.dropped
+                started = time.perf_counter()
                 await self._analyse(item, states)
+                FRAME_ANALYSIS.observe(time.perf_counter() - started)
         finally:
             self._stop.set()
             source.stop()
@@ -182,8 +185,15 @@ class StreamWorker:
             stats.frames_decoded = base + source.stats.decoded
             stats.decode_fps = source.stats.decode_fps
 
+        frames = source.frames()
+        clock = time.perf_counter
         try:
-            for frame in source.frames():
+            while True:
+                started = clock()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                FRAME_DECODE.observe(clock() - started)  # the generator's work only, not waits on the buffer
                 sync()
                 if self._stop.is_set() or not buffer.put(frame):
                     return

@@ -15,19 +15,17 @@ import triton_python_backend_utils as pb_utils
 
 
 def channel_means(images: np.ndarray) -> np.ndarray:
-    """Mean of each channel of ``[N, H, W, C]`` uint8 images, as float64 ``[N, C]``.
+    """Mean of each channel of ``[N, H, W, C]`` uint8 images, as float64 ``[N, C]``, exactly.
 
-    One reduction per channel over a flat strided view: ``images.mean(axis=(1, 2))`` reduces
-    over two outer axes with a cast per element and costs ~14 ms on a 720p frame, which made this
-    "trivial" model the bottleneck of every pipeline benchmark; this costs ~1 ms. Sums are exact
-    in uint64 (a float32 sum of a 4K frame would lose precision).
+    Rows are added first (``[N, H, W*C]`` summed over H: contiguous, vectorised adds in uint32,
+    which cannot overflow below 16 million rows), then the W pixels of that one row per channel.
+    ``images.mean(axis=(1, 2))`` casts every element on its way through a two-axis reduction and
+    costs ~14 ms on a 720p frame, which made this "trivial" model the bottleneck of every
+    pipeline benchmark; this costs ~0.6 ms.
     """
     n, h, w, c = images.shape
-    flat = images.reshape(n, h * w, c)
-    sums = np.empty((n, c), dtype=np.uint64)
-    for channel in range(c):
-        np.add.reduce(flat[:, :, channel], axis=1, dtype=np.uint64, out=sums[:, channel])
-    return sums / float(h * w)
+    rows = images.reshape(n, h, w * c).sum(axis=1, dtype=np.uint32)
+    return rows.reshape(n, w, c).sum(axis=1, dtype=np.uint64) / float(h * w)
 
 
 class TritonPythonModel:
