@@ -21,10 +21,10 @@ import numpy as np
 
 from benchmarks import profile
 from benchmarks.api import PROBE, Api, Watcher, people_counter, stream_body, subscribe, timestamp
-from benchmarks.rtsp import RtspCameras
 from benchmarks.stack import Stack, TritonProbe
 from benchmarks.stats import median, percentile, rnd, slope, summary
 from tests.helpers import REPO
+from tests.rtsp_server import RtspServer
 
 PROBE_MODEL = "frame_stats"
 DETECTOR_MODEL = "person_detector"
@@ -87,7 +87,7 @@ class Context:
     sizes: Sizes
     pipeline_clip: Path
     live_clip: Path
-    cameras: RtspCameras | None
+    cameras: RtspServer | None
     tick: Callable[[str], None]  # advances the progress bar, naming what runs next
 
     camera_restarts: int = 0
@@ -111,7 +111,7 @@ async def create_many(api: Api, body: dict[str, Any], count: int, gap: float = 0
     """``count`` streams, one after another with a small gap, as cameras come online.
 
     A burst of simultaneous RTSP connections is not what the benchmark measures, and it is what
-    makes GStreamer's RTSP server abort (see RtspCameras.restart).
+    makes GStreamer's RTSP server abort (it is restarted when it dies: Context.ensure_cameras).
     """
     ids = []
     for _ in range(count):
@@ -417,10 +417,11 @@ async def live_latency(ctx: Context) -> dict[str, Any]:
         )
     return {
         "method": (
-            f"N live 720p25 RTSP cameras (benchmarks/rtsp.py, out of phase), every {every}th frame "
-            "(5 fps) analysed by pipeline_probe; for every event, receipt time on the WebSocket minus "
-            "the frame's decoded_at_wall. Added latency = that minus the model's compute time per execution "
-            "(Triton compute_infer / executions over the same window), which is reported separately."
+            "N live 720p25 RTSP cameras (tests/rtsp_server.py, a media per client: out of phase), "
+            f"every {every}th frame (5 fps) analysed by pipeline_probe; for every event, receipt time "
+            "on the WebSocket minus the frame's decoded_at_wall. Added latency = that minus the "
+            "model's compute time per execution (Triton compute_infer / executions over the same "
+            "window), which is reported separately."
         ),
         "runs": runs,
     }

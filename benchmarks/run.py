@@ -34,9 +34,9 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from benchmarks import measures, procs
 from benchmarks.api import Api
 from benchmarks.plot import plot
-from benchmarks.rtsp import RtspCameras
 from benchmarks.stack import CACHE, TritonProbe, cached_clip, start_stack
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO
+from tests.rtsp_server import RtspServer
 from tests.rtsp_server import available as rtsp_available
 
 KEEP_LOGS = 10
@@ -152,12 +152,13 @@ async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tup
     stack = await asyncio.to_thread(start_stack, log_dir)
     results["logs"] = str(log_dir.relative_to(REPO))
     results["pipeline_probe_registered_by"] = "plugin_site" if stack.probe_from_plugin_site else "package"
-    cameras: RtspCameras | None = None
+    cameras: RtspServer | None = None
     ctx: measures.Context | None = None
     ok = True
     try:
         if rtsp_available():
-            cameras = await asyncio.to_thread(RtspCameras(live_clip, free_port(), log_dir / "rtsp.log").start)
+            server = RtspServer(live_clip, log_dir / "rtsp.log", "/camera", shared=False)
+            cameras = await asyncio.to_thread(server.start)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             api = Api(http, stack.base_url, stack.ws_url)

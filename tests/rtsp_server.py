@@ -14,8 +14,11 @@ so this file has two halves:
 
 The file loops so that the stream stays live: at the end of the file the media seeks back to
 the start with a *segment* seek, which keeps running time, and so RTP timestamps, increasing
-across the loop (a flushing seek would restart them). Every client shares one media
-(``set_shared``), like a camera's single encoder.
+across the loop (a flushing seek would restart them). By default every client shares one media
+(``set_shared``), like a camera's single encoder: all clients receive the same frame at the same
+instant. ``shared=False`` gives each client a media of its own, started when it connects, so N
+clients that connect one after another are out of phase, as N real cameras are (the benchmarks
+use it: frames of N "cameras" in lockstep would batch perfectly and flatter the core).
 
 Needs the Debian packages ``gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base
 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad``; :func:`available` says whether they are there.
@@ -65,10 +68,19 @@ def _free_port() -> int:
 class RtspServer:
     """One RTSP server process serving ``clip`` (an H.264 MP4) at :attr:`url`, looped."""
 
-    def __init__(self, clip: str | Path, log_path: str | Path | None = None, mount: str = "/stream") -> None:
+    def __init__(
+        self,
+        clip: str | Path,
+        log_path: str | Path | None = None,
+        mount: str = "/stream",
+        *,
+        shared: bool = True,
+        port: int = 0,
+    ) -> None:
         self.clip = Path(clip).resolve()
         self.mount = mount
-        self.port = 0
+        self.shared = shared
+        self.port = port
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -87,7 +99,16 @@ class RtspServer:
         output = self._log if self._log is not None else subprocess.DEVNULL
         script = str(Path(__file__).resolve())
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, script, str(self.clip), "--port", str(self.port), "--mount", self.mount],
+            [
+                SYSTEM_PYTHON,
+                script,
+                str(self.clip),
+                "--port",
+                str(self.port),
+                "--mount",
+                self.mount,
+                *([] if self.shared else ["--media-per-client"]),
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
             # Debian's Python must not pick up the venv's packages.
@@ -104,6 +125,15 @@ class RtspServer:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"RTSP server not listening on {self.port} after {timeout} s")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Kill and start again at the same address, as a rebooted camera comes back."""
+        self.stop()
+        self.start()
 
     def freeze(self) -> None:
         """SIGSTOP: the server keeps its sockets open and sends nothing, like a hung camera."""
@@ -137,7 +167,7 @@ class RtspServer:
 # ---- the server process (runs under /usr/bin/python3 with gi) ----------------------------------
 
 
-def _serve(clip: str, port: int, mount: str) -> None:  # pragma: no cover - runs in the child
+def _serve(clip: str, port: int, mount: str, shared: bool) -> None:  # pragma: no cover - runs in the child
     import gi
 
     gi.require_version("Gst", "1.0")
@@ -183,7 +213,7 @@ def _serve(clip: str, port: int, mount: str) -> None:  # pragma: no cover - runs
         f'( filesrc location="{location}" ! qtdemux name=demux ! h264parse config-interval=-1 '
         "! rtph264pay name=pay0 pt=96 )"
     )
-    factory.set_shared(True)
+    factory.set_shared(shared)
     factory.set_media_gtype(LoopingMedia.__gtype__)
     server.get_mount_points().add_factory(mount, factory)
     if server.attach(None) == 0:
@@ -197,6 +227,7 @@ if __name__ == "__main__":
     parser.add_argument("clip")
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--mount", default="/stream")
+    parser.add_argument("--media-per-client", action="store_true", help="a media per client (out of phase)")
     args = parser.parse_args()
-    _serve(args.clip, args.port, args.mount)
+    _serve(args.clip, args.port, args.mount, shared=not args.media_per_client)
     sys.exit(0)
