@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample bench
+.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -63,6 +63,10 @@ models: $(VENV)/.installed
 # Benchmarks against the real stack: benchmarks/results/<date>.json and .png (QUICK=1: < 3 min).
 bench: $(VENV)/.installed triton-env models
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
+
+# Fault injection and churn against the real stack, long form: reliability/results/<date>.json.
+reliability: $(VENV)/.installed triton-env lva/__init__.py docs models
+	$(PY) -m reliability.run
 
 # The sample clip: real photographs from scikit-image, animated and encoded with PyAV.
 sample: var/sample.mp4

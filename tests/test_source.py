@@ -332,6 +332,44 @@ def test_garbled_media_data_is_corrupt_data_after_the_good_frames(media: Path, c
     assert 0 < len(frames) < SECONDS * FPS and source.stats.decode_errors >= 25
 
 
+def test_a_held_error_does_not_keep_the_decoder_alive(media: Path, clip: Path) -> None:
+    # A stream worker holds the error it raised (through a reference cycle, until a full garbage
+    # collection): the decoder, its FFmpeg threads and buffers, must not stay alive with it.
+    data = bytearray(clip.read_bytes())
+    rng = random.Random(2)
+    for i in range(len(data) // 2, len(data)):
+        data[i] = rng.randrange(256)
+    (media / "garbled-held.mp4").write_bytes(bytes(data))
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    held: list[SourceError] = []
+    peak = 0
+
+    def decode() -> None:  # in a thread of its own, as the worker decodes
+        nonlocal peak
+        source = VideoSource(SourceSpec(reference=str(media / "garbled-held.mp4"), kind="videofile"), "t")
+        source.open()
+        try:
+            for _frame in source.frames():
+                peak = max(peak, threads())
+        except SourceError as error:
+            held.append(error)
+        finally:
+            source.close()
+
+    before = threads()
+    for _ in range(3):
+        thread = threading.Thread(target=decode)
+        thread.start()
+        thread.join()
+    assert len(held) == 3 and all(e.kind == "corrupt_data" for e in held)
+    # FFmpeg decodes with threads of its own on a multi-core machine; they end with the decoder.
+    assert peak > before + 1 or (os.cpu_count() or 1) == 1
+    assert threads() == before, f"{threads() - before} threads left with {len(held)} errors held"
+
+
 def test_a_truncated_file_ends_cleanly_at_its_last_whole_frame(media: Path, clip: Path) -> None:
     # Decided: a cut-off file is played up to where it was cut (as players do), not failed;
     # the broken last packet is counted as a decode error.

@@ -52,6 +52,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -686,6 +687,14 @@ class VideoSource:
             self._running = True
         try:
             yield from self._frames(self._container, self._stream)
+        except BaseException as exc:
+            # The error's traceback holds _frames' finished frame, and so the decoder: FFmpeg's
+            # threads and frame buffers stay alive for as long as anyone holds the error, which a
+            # reference cycle (the stream worker's frame holds the error it raised) stretches to
+            # the next full garbage collection. Found by the reliability suite: every stream that
+            # failed mid-stream left 2-4 decoder threads behind. Clearing the frame frees them now.
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
             with self._lock:
                 self._running = False

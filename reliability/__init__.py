@@ -1,0 +1,1 @@
+"""Fault injection and churn against the real stack: ``make reliability``, tests/test_reliability.py."""
