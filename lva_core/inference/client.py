@@ -28,7 +28,7 @@ from lva_core.errors import (
     LunaError,
 )
 from lva_core.inference.model_info import ModelInfo, model_info_from_json
-from lva_core.inference.shm import Region, ShmPool, cleanup_dead_regions
+from lva_core.inference.shm import Region, ShmPool, cleanup_dead_regions, owner_is_dead
 
 log = logging.getLogger("lva_core.inference")
 _ALIGN = 64
@@ -93,6 +93,7 @@ class TritonClient:
         self.pool = ShmPool(pool_bytes) if shared_memory else None
         self._client: grpcclient.InferenceServerClient | None = None
         self._infos: dict[str, ModelInfo] = {}
+        self._swept = False  # whether _forget_dead_cores ran against the current Triton
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -195,8 +196,30 @@ class TritonClient:
             await self.pool.release(staged.region)
             staged.region = None
 
+    async def _forget_dead_cores(self) -> None:
+        """Unregister the regions Triton still holds for cores that died.
+
+        A killed core never unregisters its regions, and Triton keeps them mapped (up to
+        ``shm_pool_mb`` per crash) for as long as it runs. Swept once per Triton this client
+        talks to, before its own first registration; only regions whose process is gone, since
+        other live cores may share the Triton.
+        """
+        status = await self.client.get_system_shared_memory_status(as_json=True, client_timeout=self.timeout)
+        regions = status.get("regions") or {}
+        names = list(regions) if isinstance(regions, dict) else [str(r.get("name", "")) for r in regions]
+        dead = [name for name in names if owner_is_dead(name)]
+        for name in dead:
+            with contextlib.suppress(InferenceServerException):
+                await self.client.unregister_system_shared_memory(name, client_timeout=self.timeout)
+        if dead:
+            log.info("unregistered %d shared-memory regions Triton held for dead cores", len(dead))
+
     async def _register(self, region: Region) -> None:
         assert self.pool is not None
+        if not self._swept:
+            self._swept = True
+            with contextlib.suppress(InferenceServerException):
+                await self._forget_dead_cores()
         with contextlib.suppress(InferenceServerException):
             await self.client.unregister_system_shared_memory(region.name, client_timeout=self.timeout)
         await self.client.register_system_shared_memory(
@@ -270,6 +293,7 @@ class TritonClient:
                 if self.pool is not None and (lost_registration or error.spec is TRITON_UNAVAILABLE):
                     # Triton restarted (or is restarting): its registrations are gone.
                     self.pool.unregistered.update(r.name for r in self.pool.regions)
+                    self._swept = False  # another Triton may be there when it comes back
                 if attempt == 1 and lost_registration:
                     continue
                 raise

@@ -50,15 +50,20 @@ def _size_class(nbytes: int) -> int:
     return max(MIN_REGION, 1 << max(0, nbytes - 1).bit_length())
 
 
+def owner_is_dead(name: str) -> bool:
+    """Whether ``name`` is a region of a core process (``lva_<pid>_<n>``) that no longer exists."""
+    match = _NAME.match(name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    return pid != os.getpid() and not Path(f"/proc/{pid}").exists()
+
+
 def cleanup_dead_regions() -> list[Path]:
     """Remove the regions of core processes that no longer exist."""
     removed = []
     for path in SHM_DIR.glob(f"{PREFIX}*"):
-        match = _NAME.match(path.name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+        if owner_is_dead(path.name):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)

@@ -110,7 +110,10 @@ class StreamWorker:
                 if self._connected:
                     # The source worked until now: a fresh loss gets the whole attempt budget.
                     attempts, self._connected = 0, False
-                restartable = record.autorestart.restart and error.kind != "unsupported_codec"
+                # Retrying cannot help a codec we lack, nor a file whose bytes are bad: a file does
+                # not heal, and a corrupt one would sit in restart through every attempt.
+                permanent = error.kind == "unsupported_codec" or (not live and error.kind == "corrupt_data")
+                restartable = record.autorestart.restart and not permanent
                 if restartable and attempts < record.autorestart.attempt_count:
                     attempts += 1
                     record.statistics.reconnects += 1
