@@ -48,7 +48,15 @@ class Analytic(Protocol):
         ...
 
     async def process(self, frame: Frame, state: Any, infer: InferFn) -> list[Event]:
-        """Events for this frame (often none)."""
+        """Events for this frame (often none).
+
+        The engine keeps two frames of a stream in flight: the next frame's ``process`` starts
+        while this one's is still running, and its first ``infer`` call is sent at once but
+        returns only after this frame's ``process`` has returned. So state is seen strictly in
+        frame order, provided the code *before the first infer call* changes nothing that the
+        code after it (of an earlier frame) reads; a rate check that only its own next call
+        reads is fine.
+        """
         ...
 
     def stop(self, state: Any) -> list[Event]:

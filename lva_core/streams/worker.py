@@ -149,18 +149,31 @@ class StreamWorker:
         self.set_status(record, Status.IN_PROGRESS, None)
         self._connected = True
         thread.start()
+        # Two frames in flight: while one is post-processed (or waits for its second model), the
+        # next one's first inference is already on its way (see _analyse for the ordering).
+        previous: asyncio.Task[None] | None = None
+        in_flight: set[asyncio.Task[None]] = set()
         try:
             while True:
                 item = await buffer.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
+                if item is None or isinstance(item, BaseException):
+                    if previous is not None:
+                        await previous  # its events go out before the end (or the error)
+                        previous = None
+                    if item is None:
+                        return
                     raise item
                 record.statistics.frames_dropped = buffer.dropped
-                started = time.perf_counter()
-                await self._analyse(item, states)
-                FRAME_ANALYSIS.observe(time.perf_counter() - started)
+                current = asyncio.create_task(self._analyse(item, states, previous))
+                in_flight.add(current)
+                current.add_done_callback(in_flight.discard)
+                if previous is not None:
+                    await previous
+                previous = current
         finally:
+            for task in list(in_flight):  # stopped, or a frame's analysis crashed: the rest go too
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             self._stop.set()
             source.stop()
             buffer.close()
@@ -208,21 +221,68 @@ class StreamWorker:
         except Exception as exc:  # decoding must never kill the core; classify and report
             buffer.put(SourceError("corrupt_data", f"decoder failed: {exc}"))
 
-    async def _analyse(self, frame: Frame, states: list[tuple[str, Analytic, Any, InferFn]]) -> None:
-        record = self.record
+    async def _analyse(
+        self,
+        frame: Frame,
+        states: list[tuple[str, Analytic, Any, InferFn]],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        """Analyse one frame; its results wait for the previous frame's, so that order is kept.
 
-        async def run(name: str, analytic: Analytic, state: Any, infer: InferFn) -> None:
+        The frame's first inference of each analytic is sent at once, but its outputs reach the
+        analytic only when the previous frame is done: an analytic's state therefore sees frames
+        strictly in order, and only the code before its first ``infer`` call (which must not
+        touch state that post-processing reads; see analytics/base.py) runs early. Events are
+        published after the previous frame's.
+        """
+        record = self.record
+        started = time.perf_counter()
+
+        def after_previous(infer: InferFn) -> InferFn:
+            first = True
+
+            async def call(role: str, inputs: Any) -> dict[str, Any]:
+                nonlocal first
+                if not first or previous is None:
+                    return await infer(role, inputs)
+                first = False
+                sent = asyncio.ensure_future(infer(role, inputs))
+                try:
+                    await _settled(previous)
+                except BaseException:
+                    sent.cancel()  # not sent yet, or its answer is not wanted any more
+                    if sent.done() and not sent.cancelled():
+                        sent.exception()  # retrieved: nobody will await it
+                    raise
+                return await sent
+
+            return call
+
+        async def run(name: str, analytic: Analytic, state: Any, infer: InferFn) -> list[dict[str, Any]]:
             try:
-                for event in await analytic.process(frame, state, infer):
-                    self.publish(record, {name: event})
+                return [
+                    {name: event} for event in await analytic.process(frame, state, after_previous(infer))
+                ]
             except LunaError as error:
                 # Inference failures are reported, and the stream goes on with the next frame.
                 record.statistics.last_error = f"{name}: {error.detail}"
                 log.warning("analytic %s failed on frame %d: %s", name, frame.frame_number, error.detail)
+                return []
 
         if len(states) == 1:
-            await run(*states[0])  # the common case: no gather, no extra task per frame
+            results = await run(*states[0])
         else:
-            await asyncio.gather(*(run(*entry) for entry in states))
+            results = [r for rs in await asyncio.gather(*(run(*entry) for entry in states)) for r in rs]
+        if previous is not None:
+            await _settled(previous)  # an analytic that did not infer may finish first
+        for result in results:
+            self.publish(record, result)
         record.statistics.frames_processed += 1
         record.statistics.frame_age = time.monotonic() - frame.decoded_at
+        FRAME_ANALYSIS.observe(time.perf_counter() - started)
+
+
+async def _settled(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` to end; its failure is the session's to report (it awaits it), not ours."""
+    if not task.done():
+        await asyncio.wait([task])
