@@ -393,7 +393,7 @@ async def live_latency(ctx: Context) -> dict[str, Any]:
         ids = await create_many(ctx.api, body, streams)
         watchers = await subscribe(ctx.api, ids)
         try:
-            await wait_running(ctx.api, ids, timeout=30)
+            await wait_cameras_running(ctx, ids, timeout=60)
             await asyncio.sleep(1.0)  # past the start-up transient (first keyframe, first batches)
             for watcher in watchers:
                 watcher.latencies.clear()
@@ -425,6 +425,23 @@ async def live_latency(ctx: Context) -> dict[str, Any]:
         ),
         "runs": runs,
     }
+
+
+async def wait_cameras_running(ctx: Context, ids: Sequence[str], timeout: float) -> None:
+    """wait_running for camera streams, restarting the RTSP server should it die meanwhile.
+
+    GStreamer's RTSP server sometimes aborts while a burst of clients connects (create_many);
+    the streams reconnect by themselves (autorestart) once it is back.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await wait_running(ctx.api, ids, timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            ctx.ensure_cameras()
+            if time.monotonic() >= deadline:
+                raise
 
 
 async def wait_running(api: Api, ids: Sequence[str], timeout: float) -> None:
@@ -686,7 +703,7 @@ async def soak(ctx: Context) -> dict[str, Any]:
     watchers = await subscribe(api, ids)
     series: list[dict[str, Any]] = []
     try:
-        await wait_running(api, ids, timeout=60)
+        await wait_cameras_running(ctx, ids, timeout=60)
         started = time.monotonic()
         while True:
             elapsed = time.monotonic() - started
