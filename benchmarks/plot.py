@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,13 @@ GOOD, BAD, NEUTRAL, LIGHT = "#2a9d8f", "#e76f51", "#264653", "#8ab17d"
 Panel = Callable[[Axes, dict[str, Any]], None]
 
 
-def _bar_labels(ax: Axes, bars: Any, fmt: str = "{:.2f}") -> None:
-    for bar in bars:
+def _bar_labels(ax: Axes, bars: Any, fmt: str = "{:.2f}", texts: Sequence[str] | None = None) -> None:
+    """Each bar's value (or the given text) above it; NaN bars get none."""
+    for index, bar in enumerate(bars):
         height = bar.get_height()
         if height == height:  # not NaN
             ax.annotate(
-                fmt.format(height),
+                texts[index] if texts is not None else fmt.format(height),
                 (bar.get_x() + bar.get_width() / 2, height),
                 ha="center",
                 va="bottom",
@@ -78,17 +79,11 @@ def batching(ax: Axes, results: dict[str, Any]) -> None:
     xs = list(range(len(runs)))
     values = [_num(r["batching"]["efficiency"]) for r in runs]
     bars = ax.bar(xs, values, 0.6, color=NEUTRAL)
-    for bar, run in zip(bars, runs, strict=True):
-        mean = run["batching"]["mean_batch"]
-        ax.annotate(
-            f"{_num(mean):.1f} of {run['batching']['max_batch']}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            xytext=(0, 2),
-            textcoords="offset points",
-        )
+    _bar_labels(
+        ax,
+        bars,
+        texts=[f"{_num(r['batching']['mean_batch']):.1f} of {r['batching']['max_batch']}" for r in runs],
+    )
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(xs, [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
     ax.set_ylim(0, 1.25)
@@ -111,17 +106,7 @@ def latency(ax: Axes, results: dict[str, Any]) -> None:
     for offset, values, color, name in ((-0.2, p50, NEUTRAL, "p50"), (0.2, p99, BAD, "p99")):
         # Drawn at least 1 ms high (the axis' floor) so that a bar of "nothing added" is seen.
         bars = ax.bar([x + offset for x in xs], [max(v, 1.0) for v in values], 0.4, color=color, label=name)
-        for bar, value in zip(bars, values, strict=True):
-            text = "<1" if value < 1 else f"{value:.0f}"
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
+        _bar_labels(ax, bars, texts=["<1" if v < 1 else f"{v:.0f}" for v in values])
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set_yscale("log")
     # Below a millisecond is "nothing added" (the mean compute subtracted from a percentile can
