@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 GOOD, BAD, NEUTRAL, LIGHT = "#2a9d8f", "#e76f51", "#264653", "#8ab17d"
+CPU_MARK = "#e9c46a"
 Panel = Callable[[Axes, dict[str, Any]], None]
 
 
@@ -63,11 +64,18 @@ def efficiency(ax: Axes, results: dict[str, Any]) -> None:
     if any(c == c for c in ceilings):
         # Where the model alone would cap the pipeline: bars near their mark are model-bound.
         ax.scatter(list(xs), ceilings, marker="_", s=900, color="black", zorder=3, label="model-only ceiling")
+    cpu_ceilings = [_num(r.get("efficiency_ceiling_cpu")) for r in runs]
+    if any(c == c for c in cpu_ceilings):
+        # Where the machine's cores would cap it at the stack's CPU per frame: CPU-bound near it.
+        ax.scatter(list(xs), cpu_ceilings, marker="_", s=900, color=CPU_MARK, zorder=3, label="CPU ceiling")
     ax.axhline(section["target"], color=BAD, linestyle="--", linewidth=1, label=f"target {section['target']}")
     ax.set_xticks(list(xs), [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
     ax.set_ylabel("core fps / bare decode fps")
     tops = [
-        _num(v) * 1.15 for r in runs for v in (r["efficiency"], r.get("efficiency_ceiling_model_only")) if v
+        _num(v) * 1.15
+        for r in runs
+        for v in (r["efficiency"], r.get("efficiency_ceiling_model_only"), r.get("efficiency_ceiling_cpu"))
+        if v
     ]
     ax.set_ylim(0, max(1.1, *tops))
     ax.set_title("Pipeline efficiency (720p, frame_stats model)")

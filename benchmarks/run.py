@@ -230,17 +230,26 @@ async def _clean(api: Api) -> None:
 
 
 def derive(results: dict[str, Any]) -> None:
-    """Figures that need two sections: the efficiency the model alone would allow.
+    """Figures that need two sections: the efficiency the model alone, or the CPU, would allow.
 
     If the trivial model were the pipeline's only cost, the core could not exceed the model-only
     throughput (its best batch size): that over bare decoding is a ceiling on the efficiency, and
     a pipeline close to it is limited by the model rather than by the agent.
+
+    The CPU ceiling: with every usable core busy, the stack (core, Triton, facade) could process
+    at most cores / (its CPU per frame) frames a second. A run near that mark is CPU-bound: it
+    gets faster only by spending less CPU per frame, not by overlapping more.
     """
     model_runs = (results.get("model_only") or {}).get("runs") or []
     best = max((r["items_per_s"] for r in model_runs if r["model"] == measures.PROBE_MODEL), default=None)
+    cores = (results.get("machine") or {}).get("cpus_usable")
     for run in (results.get("pipeline_efficiency") or {}).get("runs") or []:
         baseline = run.get("baseline_fps")
         run["efficiency_ceiling_model_only"] = round(best / baseline, 3) if best and baseline else None
+        cpu = run.get("cpu_ms_per_frame") or {}
+        stack_ms = sum(cpu.get(name) or 0.0 for name in ("core", "triton", "facade"))
+        fits = cores and baseline and stack_ms > 0
+        run["efficiency_ceiling_cpu"] = round(cores * 1000.0 / stack_ms / baseline, 3) if fits else None
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +272,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "efficiency_ceiling_model_only": {
             str(r["streams"]): r.get("efficiency_ceiling_model_only") for r in runs
         },
+        "efficiency_ceiling_cpu": {str(r["streams"]): r.get("efficiency_ceiling_cpu") for r in runs},
         "batching_efficiency": {str(r["streams"]): r["batching"]["efficiency"] for r in runs},
         "core_stages_ms": {str(r["streams"]): r.get("core_stages") for r in runs},
         "added_latency_ms": {

@@ -90,7 +90,7 @@ def test_pipeline_efficiency_and_batching(results: dict[str, Any]) -> None:
     assert [r["streams"] for r in section["runs"]] == [1, 4, 16]
     for run in section["runs"]:
         numbers(run, "baseline_fps", "core_fps", "core_with_delivery_fps", "efficiency")
-        numbers(run, "efficiency_with_delivery", "efficiency_ceiling_model_only")
+        numbers(run, "efficiency_with_delivery", "efficiency_ceiling_model_only", "efficiency_ceiling_cpu")
         numbers(run["batching"], "mean_batch", "max_batch", "efficiency")
         numbers(run["cpu_ms_per_frame"], "bare_decode", "core", "triton", "facade")
         latency = run["latency_saturated_ms"]
@@ -147,7 +147,7 @@ def test_leaks(results: dict[str, Any]) -> None:
 
 def test_summary_has_the_headline_figures(results: dict[str, Any]) -> None:
     summary = results["summary"]
-    for key in ("efficiency", "efficiency_with_delivery", "batching_efficiency"):
+    for key in ("efficiency", "efficiency_with_delivery", "efficiency_ceiling_cpu", "batching_efficiency"):
         assert set(summary[key]) == {"1", "4", "16"} and all(number(v) for v in summary[key].values())
     assert number(summary["time_to_first_event_s"]["file"])
     if rtsp_available():

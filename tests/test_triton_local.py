@@ -124,6 +124,18 @@ async def test_frame_stats_on_photographs(client: grpcclient.InferenceServerClie
     assert count.dtype == np.int32 and count.tolist() == [[1], [1]]
 
 
+async def test_frame_stats_is_exact_where_partial_sums_could_overflow(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    # The model adds rows in uint16 blocks: a white 720p frame is the largest sum per column, and
+    # a frame whose rows run 0..255 puts every value at every block boundary.
+    white = np.full((720, 1280, 3), 255, np.uint8)
+    ramp = np.broadcast_to((np.arange(720) % 256).astype(np.uint8)[:, None, None], (720, 1280, 3))
+    images = np.ascontiguousarray(np.stack([white, ramp]))
+    mean_rgb, _count = await frame_stats(client, images)
+    np.testing.assert_allclose(mean_rgb, images.mean(axis=(1, 2), dtype=np.float64), rtol=0, atol=1e-3)
+
+
 async def test_frame_stats_answers_each_request_of_a_dynamic_batch(
     triton: LocalTriton, client: grpcclient.InferenceServerClient
 ) -> None:
