@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
 # Rows per uint16 partial sum: 257 * 255 = 65535, the most a uint16 holds.
 _ROWS_PER_U16_SUM = 257
 
