@@ -592,7 +592,9 @@ async def _capacity_step(ctx: Context, streams: int) -> dict[str, Any]:
     ids = await create_many(api, body, streams)
     samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
     try:
-        await wait_running(api, ids, timeout=60)
+        # Restarts the RTSP server within seconds should it abort while the cameras connect,
+        # rather than letting the whole start-up timeout run out.
+        await wait_cameras_running(ctx, ids, timeout=60)
         await asyncio.sleep(2.0)  # the detector's first batches and the decoders' catch-up
         stop_at = time.monotonic() + sizes.capacity_window_s
         while True:
@@ -602,6 +604,9 @@ async def _capacity_step(ctx: Context, streams: int) -> dict[str, Any]:
             if now >= stop_at:
                 break
             await asyncio.sleep(0.5)
+        if ctx.cameras is not None and not ctx.cameras.alive:
+            # The cameras' server died, not the agent: the caller measures this count again.
+            raise RuntimeError("the RTSP server aborted during the measurement window")
     finally:
         for stream_id in ids:
             await api.delete(stream_id)
