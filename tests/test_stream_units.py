@@ -110,3 +110,36 @@ def test_restart_without_a_count_gets_the_default_attempts() -> None:
     assert validate_autorestart(request).attempt_count == 0  # no restart asked: nothing filled in
     request = streams_pb2.CreateStreamRequest(autorestart=streams_pb2.Autorestart(restart=1, attempt_count=3))
     assert validate_autorestart(request).attempt_count == 3
+
+
+def test_whole_numbers_from_a_struct_are_validated_and_kept_as_integers() -> None:
+    # A Struct turns the client's 300 into 300.0: messages and stored parameters must say 300.
+    from google.protobuf import json_format, struct_pb2
+
+    from lva.v1 import streams_pb2
+    from lva_core.analytics.people_counter import PeopleCounter
+    from lva_core.streams.validation import integral, validate_analytics
+
+    def config(parameters: dict[str, object]) -> streams_pb2.AnalyticConfig:
+        struct = json_format.ParseDict(parameters, struct_pb2.Struct())
+        return streams_pb2.AnalyticConfig(analytic_name="people_counter", parameters=struct)
+
+    catalogue = {"people_counter": PeopleCounter()}
+    with pytest.raises(LunaError) as caught:
+        validate_analytics([config({"probe_count": 300})], catalogue)
+    expected = "analytics[0].parameters.probe_count: 300 is greater than the maximum of 100"
+    assert caught.value.detail == expected
+    with pytest.raises(LunaError) as caught:
+        validate_analytics([config({"probe_count": 2.5})], catalogue)
+    assert "2.5 is not of type 'integer'" in caught.value.detail
+    (spec,) = validate_analytics([config({"probe_count": 3, "score_threshold": 0.5})], catalogue)
+    assert spec.parameters["probe_count"] == 3 and type(spec.parameters["probe_count"]) is int
+    assert spec.parameters["score_threshold"] == 0.5
+    # Nested values too; a double past 2**53 is no exact integer and stays a float.
+    assert integral({"a": [1.0, {"b": -2.0}], "c": 1e300, "d": True, "e": "3.0"}) == {
+        "a": [1, {"b": -2}],
+        "c": 1e300,
+        "d": True,
+        "e": "3.0",
+    }
+    assert type(integral(1e300)) is float and type(integral(True)) is bool

@@ -89,9 +89,26 @@ def validate_analytics(
             raise invalid(f"{path}.analytic_name", message)
         if any(spec.name == config.analytic_name for spec in specs):
             raise invalid(f"{path}.analytic_name", f"{config.analytic_name!r} is listed twice")
-        parameters: dict[str, Any] = json_format.MessageToDict(config.parameters)
+        parameters: dict[str, Any] = integral(json_format.MessageToDict(config.parameters))
         specs.append(AnalyticSpec(config.analytic_name, analytic.validate(parameters, f"{path}.parameters")))
     return specs
+
+
+def integral(value: Any) -> Any:
+    """``value`` with every whole float that a double holds exactly turned into an int.
+
+    A protobuf Struct keeps every number as a double, so the ``3`` a client sent arrives as
+    ``3.0``: validation messages would quote ``300.0 is greater than the maximum of 100`` and the
+    stored parameters would read back as floats. Struct cannot tell 3 from 3.0; the integer is
+    what JSON clients send. Beyond 2**53 a double is not an exact integer: it stays a float.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [integral(item) for item in value]
+    return value
 
 
 def validate_autorestart(request: streams_pb2.CreateStreamRequest) -> streams_pb2.Autorestart:
