@@ -316,12 +316,18 @@ def test_garbage_and_empty_files_are_corrupt_data(media: Path) -> None:
     assert failure(media / "empty.mp4").kind == "corrupt_data"
 
 
-def test_garbled_media_data_is_corrupt_data_after_the_good_frames(media: Path, clip: Path) -> None:
+def garbled_copy(clip: Path, target: Path, seed: int) -> Path:
+    """``clip`` with its second half overwritten by random bytes: good frames, then broken ones."""
     data = bytearray(clip.read_bytes())
-    rng = random.Random(1)
+    rng = random.Random(seed)
     for i in range(len(data) // 2, len(data)):
         data[i] = rng.randrange(256)
-    (media / "garbled.mp4").write_bytes(bytes(data))
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_garbled_media_data_is_corrupt_data_after_the_good_frames(media: Path, clip: Path) -> None:
+    garbled_copy(clip, media / "garbled.mp4", seed=1)
     source = VideoSource(SourceSpec(reference=str(media / "garbled.mp4"), kind="videofile"), "test")
     source.open()
     frames: list[Frame] = []
@@ -335,11 +341,7 @@ def test_garbled_media_data_is_corrupt_data_after_the_good_frames(media: Path, c
 def test_a_held_error_does_not_keep_the_decoder_alive(media: Path, clip: Path) -> None:
     # A stream worker holds the error it raised (through a reference cycle, until a full garbage
     # collection): the decoder, its FFmpeg threads and buffers, must not stay alive with it.
-    data = bytearray(clip.read_bytes())
-    rng = random.Random(2)
-    for i in range(len(data) // 2, len(data)):
-        data[i] = rng.randrange(256)
-    (media / "garbled-held.mp4").write_bytes(bytes(data))
+    garbled = garbled_copy(clip, media / "garbled-held.mp4", seed=2)
 
     def threads() -> set[str]:
         return set(os.listdir("/proc/self/task"))
@@ -349,7 +351,7 @@ def test_a_held_error_does_not_keep_the_decoder_alive(media: Path, clip: Path) -
     before = threads()
 
     def decode() -> None:  # in a thread of its own, as the worker decodes
-        source = VideoSource(SourceSpec(reference=str(media / "garbled-held.mp4"), kind="videofile"), "t")
+        source = VideoSource(SourceSpec(reference=str(garbled), kind="videofile"), "t")
         source.open()
         try:
             for _frame in source.frames():
