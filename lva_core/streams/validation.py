@@ -99,8 +99,9 @@ def integral(value: Any) -> Any:
 
     A protobuf Struct keeps every number as a double, so the ``3`` a client sent arrives as
     ``3.0``: validation messages would quote ``300.0 is greater than the maximum of 100`` and the
-    stored parameters would read back as floats. Struct cannot tell 3 from 3.0; the integer is
-    what JSON clients send. Beyond 2**53 a double is not an exact integer: it stays a float.
+    analytics would get floats for their integer parameters. Struct cannot tell 3 from 3.0; the
+    integer is what JSON clients send. Beyond 2**53 a double is not an exact integer: it stays a
+    float.
     """
     if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
         return int(value)
