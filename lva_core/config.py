@@ -83,6 +83,10 @@ DEFAULTS: dict[str, Any] = {
         # Seconds for a source to open, and for one read: a frozen source fails after read_timeout.
         "open_timeout": 5.0,
         "read_timeout": 5.0,
+        # Seconds of a network source that FFmpeg reads to learn its format before the first
+        # frame. Its own default (up to 5 s, about 0.9 s for an RTSP camera, spent estimating
+        # the frame rate) delays every camera's first event; 0 restores it.
+        "probe_duration": 0.25,
         # Decoded frames waiting for analysis per stream; live sources drop the oldest.
         "buffer_size": 2,
         # Messages waiting per event subscriber; a slow one loses the oldest.

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -508,6 +509,39 @@ def test_rtsp_stream_is_live_and_loops(rtsp: rtsp_server.RtspServer) -> None:
     assert all(b.time_offset > a.time_offset for a, b in itertools.pairwise(frames))
     assert frames[0].image.shape == (SIZE[1], SIZE[0], 3)
     assert elapsed > SECONDS - 1.5  # paced at real time (the server sends its first second at once)
+
+
+def test_network_sources_probe_briefly_and_files_as_ffmpeg_does() -> None:
+    def options(reference: str, **spec: Any) -> dict[str, str]:
+        return VideoSource(SourceSpec(reference=reference, **spec), "t")._url_and_options()[1]
+
+    assert options("rtsp://cam/1")["analyzeduration"] == "250000"
+    assert options("http://cam/live.m3u8", probe_duration=1.5)["analyzeduration"] == "1500000"
+    assert "analyzeduration" not in options("rtsp://cam/1", probe_duration=0)  # FFmpeg's own
+    assert "analyzeduration" not in options("/media/clip.mp4", kind="videofile")
+    with pytest.raises(ValueError, match="probe_duration"):
+        SourceSpec(reference="rtsp://cam/1", probe_duration=-1)
+
+
+def test_rtsp_short_probe_finds_what_ffmpegs_full_probe_finds(rtsp: rtsp_server.RtspServer) -> None:
+    # The brief probe must not lose the format: the same codec, size, rate and time base.
+    found = []
+    for probe in (0.0, 0.25):
+        source = open_rtsp(rtsp, probe_duration=probe)
+        stream = source._stream
+        found.append(
+            (
+                stream.codec_context.name,
+                stream.codec_context.width,
+                stream.codec_context.height,
+                stream.average_rate or stream.guessed_rate,
+                stream.time_base,
+            )
+        )
+        frame = next(source.frames())
+        source.close()
+        assert frame.image.shape == (SIZE[1], SIZE[0], 3)
+    assert found[0] == found[1] == ("h264", SIZE[0], SIZE[1], FPS, Fraction(1, 90000))
 
 
 def test_rtsp_killed_server_ends_the_stream(rtsp: rtsp_server.RtspServer) -> None:

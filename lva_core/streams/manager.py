@@ -53,6 +53,7 @@ class StreamManager:
         self.timeouts = {
             "open_timeout": float(streams.get("open_timeout", 5.0)),
             "read_timeout": float(streams.get("read_timeout", 5.0)),
+            "probe_duration": float(streams.get("probe_duration", 0.25)),
         }
         self.buffer_size = int(streams.get("buffer_size", 2))
         dirs = streams.get("allowed_file_dirs")

@@ -125,6 +125,8 @@ class SourceSpec:
     rate_unit: str = "frame"  # RATE_UNITS: every Nth frame, or N frames per second
     open_timeout: float = 5.0
     read_timeout: float = 5.0
+    # Network sources: seconds FFmpeg reads to learn the format (analyzeduration); 0: FFmpeg's.
+    probe_duration: float = 0.25
     # Decode keyframes only when the sampling period allows it (off: always decode everything).
     keyframe_skip: bool = True
     # Live streams only: drop non-key frames before decoding when this far behind the source.
@@ -142,6 +144,8 @@ class SourceSpec:
             raise ValueError(f"rotation must be 0, 90, 180 or 270, not {self.rotation}")
         if self.rate_period <= 0:
             raise ValueError("rate_period must be positive")
+        if not self.probe_duration >= 0:
+            raise ValueError("probe_duration must not be negative")
 
 
 @dataclass
@@ -607,12 +611,24 @@ class VideoSource:
             # "file:" pins FFmpeg's file protocol: a path like "concat:a|b" stays a file name.
             return f"file:{path.resolve()}", {}
         read_us = str(int(self.spec.read_timeout * 1_000_000))
+        # FFmpeg's probe otherwise reads about 20 frames to estimate the frame rate (0.9 s of an
+        # RTSP camera) before the first one is decoded. The codec parameters come from the SDP
+        # or the first keyframe; a frame rate that a short probe misses only matters where
+        # timestamps are missing, since frames are timed by their own.
+        probe: dict[str, str] = {}
+        if self.spec.probe_duration > 0:
+            probe["analyzeduration"] = str(int(self.spec.probe_duration * 1_000_000))
         scheme = reference.split(":", 1)[0].lower()
         if scheme in ("rtsp", "rtsps"):
             # TCP: no packet loss and no UDP ports to open; video only: no audio to set up.
-            return reference, {"rtsp_transport": "tcp", "timeout": read_us, "allowed_media_types": "video"}
+            return reference, {
+                "rtsp_transport": "tcp",
+                "timeout": read_us,
+                "allowed_media_types": "video",
+                **probe,
+            }
         # http(s), HLS included: rw_timeout is the one the HLS demuxer passes on to segments.
-        return reference, {"timeout": read_us, "rw_timeout": read_us}
+        return reference, {"timeout": read_us, "rw_timeout": read_us, **probe}
 
     def open(self) -> None:
         """Open the source and find its video stream; raises SourceError."""

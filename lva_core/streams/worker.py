@@ -52,6 +52,7 @@ def source_spec(record: StreamRecord, timeouts: dict[str, float]) -> SourceSpec:
         rate_unit=_RATE_UNITS.get(rate.unit, "frame"),
         open_timeout=timeouts["open_timeout"],
         read_timeout=timeouts["read_timeout"],
+        probe_duration=timeouts.get("probe_duration", 0.25),
     )
 
 
