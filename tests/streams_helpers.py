@@ -14,6 +14,19 @@ import websockets
 from tools.make_sample_clip import make_clip, truth_path
 
 FINAL = {"done", "failure", "stop"}
+# people_counter on every frame, an event per frame whatever the count: a live stream's events
+# show at once that it runs (and runs again after a restart).
+EVERY_FRAME_COUNTER = [
+    {
+        "analytic_name": "people_counter",
+        "parameters": {
+            "probe_count": 1,
+            "people_count_threshold": 0,
+            "rate": {"period": 1, "unit": "frame"},
+            "event_policy": {"trigger": "period", "interval": 0.01},
+        },
+    }
+]
 
 
 def clip(

@@ -14,19 +14,8 @@ import pytest
 
 from tests.helpers import Service, free_port
 from tests.rtsp_server import RtspServer
-from tests.streams_helpers import clip, create, get, read_ws, wait_status
+from tests.streams_helpers import EVERY_FRAME_COUNTER, clip, create, get, read_ws, wait_status
 
-COUNTER = [
-    {
-        "analytic_name": "people_counter",
-        "parameters": {
-            "probe_count": 1,
-            "people_count_threshold": 0,
-            "rate": {"period": 1, "unit": "frame"},
-            "event_policy": {"trigger": "period", "interval": 0.01},
-        },
-    }
-]
 RESTART = {"restart": 1, "attempt_count": 30, "delay": 0.5}
 
 
@@ -38,7 +27,7 @@ def live_stream(url: str) -> dict[str, object]:
             "type": "stream",
             "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
         },
-        "analytics": COUNTER,
+        "analytics": EVERY_FRAME_COUNTER,
         "autorestart": RESTART,
     }
 
@@ -148,7 +137,7 @@ async def test_slow_ws_client_does_not_delay_a_fast_one(
             "type": "videofile",
             "frame_processing": {"rate": {"period": 1}},
         },
-        "analytics": COUNTER,
+        "analytics": EVERY_FRAME_COUNTER,
         "status": "pause",
     }
     stream_id = await create(http, base_url, body)
@@ -192,7 +181,7 @@ async def test_live_stream_never_builds_lag(
         body = live_stream(server.url)
         body["data"]["frame_processing"] = {"rate": {"period": 1, "unit": "frame"}}  # type: ignore[index]
         body["analytics"] = [
-            *COUNTER,
+            *EVERY_FRAME_COUNTER,
             {"analytic_name": "human_tracking", "parameters": {"targets": ["ags"]}},
         ]
         stream_id = await create(http, base_url, body)

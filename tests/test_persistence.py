@@ -35,7 +35,7 @@ from lva_core.streams.state import Status
 from lva_core.streams.store import MEMORY, SCHEMA_VERSION, StoreError, StreamStore, store_path
 from tests.helpers import Service, free_port, start_core, start_facade
 from tests.rtsp_server import RtspServer
-from tests.streams_helpers import clip, create, get, patch, wait_status
+from tests.streams_helpers import EVERY_FRAME_COUNTER, clip, create, get, patch, wait_status
 
 # ---------------------------------------------------------------------------------------- units
 
@@ -274,18 +274,6 @@ async def test_a_create_the_store_cannot_keep_fails_and_registers_nothing(tmp_pa
 
 # ---------------------------------------------------------------------------------- end to end
 
-LIVE_ANALYTICS = [
-    {
-        "analytic_name": "people_counter",
-        "parameters": {
-            "probe_count": 1,
-            "people_count_threshold": 0,
-            "rate": {"period": 1, "unit": "frame"},
-            "event_policy": {"trigger": "period", "interval": 0.01},
-        },
-    }
-]
-
 
 def _network(name: str, url: str, autorestart: dict[str, Any], **extra: Any) -> dict[str, Any]:
     body = {
@@ -297,7 +285,7 @@ def _network(name: str, url: str, autorestart: dict[str, Any], **extra: Any) -> 
             "type": "stream",
             "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
         },
-        "analytics": LIVE_ANALYTICS,
+        "analytics": EVERY_FRAME_COUNTER,
         "autorestart": autorestart,
     }
     body.update(extra)
@@ -359,7 +347,7 @@ async def test_streams_survive_sigkill_and_sigterm_of_the_core(
                 {
                     "name": "file",
                     "data": {"reference": str(clip_path), "type": "videofile"},
-                    "analytics": LIVE_ANALYTICS,
+                    "analytics": EVERY_FRAME_COUNTER,
                 },
             ),
             "failed": await create(http, base_url, _network("failed", refused, {"restart": 0})),
