@@ -27,11 +27,13 @@ gstreamer1.0-plugins-good gstreamer1.0-plugins-bad``; :func:`available` says whe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -76,6 +78,7 @@ class RtspServer:
         *,
         shared: bool = True,
         port: int = 0,
+        respawn: bool = False,
     ) -> None:
         self.clip = Path(clip).resolve()
         self.mount = mount
@@ -84,6 +87,15 @@ class RtspServer:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # respawn: start again at the same address whenever the process dies by itself. For
+        # tests whose camera is a witness, not the subject: GStreamer's RTSP server sometimes
+        # aborts (gst_rtsp_media_get_rates: assertion failed) while clients set up, more often
+        # on a loaded machine. Kills and freezes asked for through this object are not undone.
+        self.respawns = 0
+        self._respawn = respawn
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._watch: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -91,6 +103,25 @@ class RtspServer:
 
     def start(self, timeout: float = 15.0) -> RtspServer:
         """Start the server (on a free port the first time); return once it accepts connections."""
+        with self._lock:
+            self._spawn(timeout)
+        self._stopped.clear()
+        if self._respawn and (self._watch is None or not self._watch.is_alive()):
+            self._watch = threading.Thread(target=self._watch_process, name="rtsp-respawn", daemon=True)
+            self._watch.start()
+        return self
+
+    def _watch_process(self) -> None:
+        while not self._stopped.wait(0.2):
+            with self._lock:
+                if self._stopped.is_set() or self.proc is None or self.proc.poll() is None:
+                    continue
+                self.respawns += 1
+                self._close_log()
+                with contextlib.suppress(RuntimeError, TimeoutError):
+                    self._spawn(15.0)
+
+    def _spawn(self, timeout: float) -> None:
         if not self.clip.is_file():
             raise FileNotFoundError(self.clip)
         # A restarted server comes back at the same address, as a rebooted camera does.
@@ -121,9 +152,9 @@ class RtspServer:
             with socket.socket() as sock:
                 sock.settimeout(0.2)
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
+                    return
             time.sleep(0.05)
-        self.stop()
+        self._kill()
         raise TimeoutError(f"RTSP server not listening on {self.port} after {timeout} s")
 
     @property
@@ -144,10 +175,18 @@ class RtspServer:
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: a camera losing power says goodbye to no one). Idempotent."""
+        self._stopped.set()  # before the kill: a respawning server stays down
+        with self._lock:
+            self._kill()
+
+    def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen process must be running to be reaped cleanly
             self.proc.kill()
             self.proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None

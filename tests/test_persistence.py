@@ -327,19 +327,22 @@ async def test_streams_survive_sigkill_and_sigterm_of_the_core(
     config.write_text(f"streams:\n  store_path: {json.dumps(str(store))}\n")
     files = json.dumps([str(tmp_path)])
     core_env = {"LVA_CONFIG": str(config), "LVA_STREAMS__ALLOWED_FILE_DIRS": files}
-    camera = RtspServer(clip(tmp_path, "live.mp4", seconds=4.0), tmp_path / "rtsp.log").start()
+    # The camera is a witness here: should GStreamer's server abort, it comes back by itself.
+    camera = RtspServer(clip(tmp_path, "live.mp4", seconds=4.0), tmp_path / "rtsp.log", respawn=True).start()
     core = start_core(tmp_path, triton.address, core_env)
     facade = start_facade(tmp_path, core.address)
     try:
         base_url = f"http://{facade.address}"
         refused = f"rtsp://127.0.0.1:{free_port()}/nothing-listens"
         clip_path = clip(tmp_path, "short.mp4", seconds=2.0)
+        live_id = await create(
+            http, base_url, _network("live", camera.url, {"restart": 1, "attempt_count": 50, "delay": 0.5})
+        )
+        # The camera's second client connects once the first plays: GStreamer's RTSP server can
+        # stall when two clients set up one media at once.
+        await wait_status(http, base_url, live_id, {"in_progress"}, 40)
         ids = {
-            "live": await create(
-                http,
-                base_url,
-                _network("live", camera.url, {"restart": 1, "attempt_count": 50, "delay": 0.5}),
-            ),
+            "live": live_id,
             "paused": await create(http, base_url, _network("paused", camera.url, {"restart": 0})),
             "file": await create(
                 http,
@@ -363,7 +366,6 @@ async def test_streams_survive_sigkill_and_sigterm_of_the_core(
         async with http.delete(f"{base_url}/1/streams/{deleted}") as resp:
             assert resp.status == 204
 
-        await wait_status(http, base_url, ids["live"], {"in_progress"}, 40)
         await wait_status(http, base_url, ids["paused"], {"in_progress"}, 40)
         assert (await patch(http, base_url, ids["paused"], "pause"))["status"] == "pause"
         await wait_status(http, base_url, ids["file"], {"done"}, 60)

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -81,8 +82,7 @@ def http_root(media: Path) -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture
-def rtsp(clip: Path, tmp_path: Path) -> Iterator[rtsp_server.RtspServer]:
+def require_rtsp() -> None:
     if not rtsp_server.available():
         if os.environ.get("LVA_SKIP_RTSP_TESTS") == "1":
             pytest.skip("GStreamer's RTSP server is not installed")
@@ -91,6 +91,11 @@ def rtsp(clip: Path, tmp_path: Path) -> Iterator[rtsp_server.RtspServer]:
             "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad "
             "(or set LVA_SKIP_RTSP_TESTS=1)"
         )
+
+
+@pytest.fixture
+def rtsp(clip: Path, tmp_path: Path) -> Iterator[rtsp_server.RtspServer]:
+    require_rtsp()
     server = rtsp_server.RtspServer(clip, log_path=tmp_path / "rtsp.log").start()
     yield server
     server.stop()
@@ -599,6 +604,27 @@ def test_rtsp_slow_reader_drops_frames_instead_of_lagging(rtsp: rtsp_server.Rtsp
     source.close()
     assert source.stats.lag_drops >= 1 and source.stats.skipped > 0
     assert worst < 2.0
+
+
+def test_a_respawning_test_camera_comes_back_at_its_address_until_stopped(clip: Path, tmp_path: Path) -> None:
+    # The test harness's own guard against GStreamer's RTSP server aborting under witness streams.
+    require_rtsp()
+    server = rtsp_server.RtspServer(clip, log_path=tmp_path / "rtsp.log", respawn=True).start()
+    try:
+        first = server.proc
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)  # as the abort ends it: not through this object
+        deadline = time.monotonic() + 20
+        while not (server.respawns == 1 and server.alive) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.respawns == 1 and server.alive and server.proc is not first
+        source = open_rtsp(server)  # same URL as before
+        assert next(source.frames()).image.shape == (SIZE[1], SIZE[0], 3)
+        source.close()
+    finally:
+        server.stop()
+    time.sleep(0.6)  # several rounds of the watcher
+    assert not server.alive and server.respawns == 1
 
 
 def test_close_from_another_thread_stops_the_reader(rtsp: rtsp_server.RtspServer) -> None:
