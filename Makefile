@@ -81,7 +81,7 @@ test: $(VENV)/.installed triton-env lva/__init__.py docs models
 	$(PY) -m pytest -ra
 
 run: $(VENV)/.installed triton-env lva/__init__.py docs models var/sample.mp4
-	$(PY) -m lva_core.stack
+	$(PY) -m lva_core.runtime.stack
 
 clean:
 	rm -rf docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Where the core's time goes per frame: its hot-path histograms, read from its /metrics.
 
-The core times each stage of the hot path in Prometheus histograms (``lva_core/metrics.py``):
+The core times each stage of the hot path in Prometheus histograms (``lva_core/metrics/instruments.py``):
 decoding a frame in the stream's thread, the frame's whole analysis, the wait of an item in the
 batcher, the inference request, and the lag of the event loop. A snapshot before and after a
 run gives each stage's mean over the run (sum / count of the difference), which the results

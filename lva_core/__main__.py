@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from lva_core.config import load_config
-from lva_core.logs import setup_logging
-from lva_core.server import serve
+from lva_common.config import load_config
+from lva_common.logs import setup_logging
+from lva_core.api.server import serve
 
 
 def main(argv: list[str] | None = None) -> None:

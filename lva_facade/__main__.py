@@ -7,8 +7,8 @@ import logging
 
 from aiohttp import web
 
-from lva_core.config import load_config
-from lva_core.logs import setup_logging
+from lva_common.config import load_config
+from lva_common.logs import setup_logging
 from lva_facade.app import build_app
 
 

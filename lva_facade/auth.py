@@ -18,7 +18,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from lva_core.errors import UNAUTHORIZED, LunaError
+from lva_common.errors import UNAUTHORIZED, LunaError
 from lva_facade.request_id import Handler
 
 PUBLIC_PATHS = frozenset({"/healthcheck", "/version", "/metrics"})

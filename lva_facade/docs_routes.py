@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from lva_core.errors import ROUTE_NOT_FOUND, LunaError
+from lva_common.errors import ROUTE_NOT_FOUND, LunaError
 from lva_facade.negotiation import negotiate
 from lva_facade.openapi_html import render_html
 

@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from lva_core.errors import (
+from lva_common.errors import (
     BODY_TOO_LARGE,
     INTERNAL,
     METHOD_NOT_ALLOWED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lva_core.errors import UNSUPPORTED_MEDIA_TYPE, LunaError
+from lva_common.errors import UNSUPPORTED_MEDIA_TYPE, LunaError
 
 
 def _ranges(accept: str) -> list[tuple[str, float]]:

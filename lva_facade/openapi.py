@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from lva_core.errors import REGISTRY
+from lva_common.errors import REGISTRY
 from lva_facade.jsoncodec import enum_choices, is_repeated, json_name
 from lva_facade.request_id import HEADER, PATTERN
 from lva_facade.routes import Route

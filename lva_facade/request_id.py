@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from lva_core.errors import BAD_REQUEST_ID, LunaError
-from lva_core.logs import request_id_var
+from lva_common.errors import BAD_REQUEST_ID, LunaError
+from lva_common.logs import request_id_var
 
 HEADER = "Luna-Request-Id"
 METADATA_KEY = "luna-request-id"

@@ -16,7 +16,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from lva_core.errors import (
+from lva_common.errors import (
     BAD_CONTENT_TYPE,
     BAD_JSON,
     BAD_QUERY,
@@ -27,7 +27,7 @@ from lva_core.errors import (
     from_trailers,
     spec_for_grpc_code,
 )
-from lva_core.tls import channel_credentials, channel_options
+from lva_common.tls import channel_credentials, channel_options
 from lva_facade.jsoncodec import (
     CodecError,
     is_repeated,

@@ -19,7 +19,7 @@ import grpc
 from aiohttp import HttpVersion11, WSMsgType, web
 
 from lva.v1 import streams_pb2
-from lva_core.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
+from lva_common.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
 from lva_facade.jsoncodec import message_to_json
 from lva_facade.request_id import HEADER, METADATA_KEY, request_id_of
 from lva_facade.routes import Route

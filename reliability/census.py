@@ -36,7 +36,7 @@ SLACK: dict[str, int] = {
     "python_threads": EXECUTOR_THREADS,
     # Threads Python does not know: gRPC's, FFmpeg's decoder threads. A new Triton connection
     # has been seen to add up to 4 gRPC threads; a decoder kept alive by a held error adds 2-4
-    # per stream (what lva_core/streams/source.py now prevents), so 5 failed streams exceed it.
+    # per stream (what lva_core/pipeline/source.py now prevents), so 5 failed streams exceed it.
     "native_threads": 4,
     "threads": EXECUTOR_THREADS + 4,
     # A keep-alive HTTP connection or a gRPC subchannel reconnecting may hold one or two.

@@ -94,7 +94,7 @@ def start_triton(log_dir: Path, grpc_port: int | None = None, timeout: float = 6
         [
             PYTHON,
             "-m",
-            "lva_core.triton.local",
+            "lva_core.runtime.triton_server",
             "--env",
             str(TRITON_ENV),
             "--repo",

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.human_tracking import HumanTracking
 from lva_core.analytics.people_counter import PeopleCounter
 from lva_core.analytics.tracker import Tracker, greedy_match, iou_matrix
 from lva_core.analytics.validation import check_schema, fill_defaults, roi_rect, validate
-from lva_core.errors import BAD_JSON, LunaError
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 K = 8  # rows of the fake detector's outputs
 STREAM = "6d1b0f5e-8c1a-4a53-9a49-0b7d6c3c2f10"

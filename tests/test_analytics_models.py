@@ -27,8 +27,8 @@ from lva_core.analytics.human_tracking import HumanTracking
 from lva_core.analytics.people_counter import PeopleCounter
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import TritonClient
-from lva_core.streams.frame import Frame
-from lva_core.triton.local import LocalTriton
+from lva_core.pipeline.frame import Frame
+from lva_core.runtime.triton_server import LocalTriton
 from tests.test_triton_local import free_ports
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
-from lva_core.errors import from_trailers
+from lva_common.errors import from_trailers
 from tests.conftest import SECRET_TOKEN
 from tests.helpers import Service
 

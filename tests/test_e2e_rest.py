@@ -195,7 +195,7 @@ async def test_docs_dev_redirects_to_the_manual(http: aiohttp.ClientSession, bas
     async with http.get(f"{base_url}/docs/dev/errors.html") as resp:
         assert resp.status == 200
         errors_page = await resp.text()
-    from lva_core.errors import REGISTRY
+    from lva_common.errors import REGISTRY
 
     for code in REGISTRY:
         assert f'id="error-{code}"' in errors_page, code

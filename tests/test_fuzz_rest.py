@@ -37,7 +37,7 @@ from schemathesis.pytest._test_builder import build_operation_test
 from schemathesis.python._constants.orchestrator import make_constants_value_source
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from lva_core.errors import REGISTRY
+from lva_common.errors import REGISTRY
 from lva_facade.openapi import build_openapi
 from lva_facade.request_id import PATTERN
 from lva_facade.routes import discover_routes, lva_services

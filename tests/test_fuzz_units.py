@@ -32,11 +32,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lva.v1 import streams_pb2
+from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.human_tracking import HumanTracking
 from lva_core.analytics.people_counter import PeopleCounter
 from lva_core.analytics.pipeline_probe import PipelineProbe
 from lva_core.analytics.validation import validate
-from lva_core.errors import BAD_JSON, LunaError
 from lva_core.streams.validation import validate_analytics, validate_autorestart, validate_data
 from lva_facade.jsoncodec import (
     CodecError,

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import websockets
 
-from lva_core.errors import REGISTRY
+from lva_common.errors import REGISTRY
 from tests.helpers import Service
 from tests.streams_helpers import clip, create
 

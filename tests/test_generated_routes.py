@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from grpc_tools import protoc
 
-from lva_core.config import load_config
+from lva_common.config import load_config
 from lva_facade.app import SPEC_KEY, build_app
 from lva_facade.routes import lva_services
 from tests.helpers import REPO, free_port

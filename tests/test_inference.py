@@ -14,7 +14,7 @@ from skimage import data
 
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import InferenceError, TritonClient
-from lva_core.triton.local import LocalTriton
+from lva_core.runtime.triton_server import LocalTriton
 from tests.helpers import MODEL_REPOSITORY, TRITON_ENV, free_port
 
 

@@ -19,7 +19,7 @@ from skimage import data
 from lva.v1 import models_pb2, models_pb2_grpc
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import TritonClient
-from lva_core.triton.local import LocalTriton
+from lva_core.runtime.triton_server import LocalTriton
 from tests.helpers import MODEL_REPOSITORY, TRITON_ENV, Service, free_port, start_core, start_facade
 from tests.test_e2e_rest import assert_luna_error
 

@@ -24,7 +24,7 @@ import tritonclient.grpc.aio as grpcclient
 from PIL import Image
 from skimage import data
 
-from lva_core.triton.local import LocalTriton
+from lva_core.runtime.triton_server import LocalTriton
 from tools.models import common
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels

@@ -21,7 +21,7 @@ import pytest_asyncio
 import tritonclient.grpc.aio as grpcclient
 from skimage import data, transform
 
-from lva_core.triton.local import LocalTriton
+from lva_core.runtime.triton_server import LocalTriton
 from tests.test_triton_local import free_ports
 from tools.models import ssdlite
 

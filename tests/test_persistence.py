@@ -25,8 +25,8 @@ import pytest
 import websockets
 
 from lva.v1 import streams_pb2
-from lva_core.config import load_config
-from lva_core.errors import INTERNAL, LunaError
+from lva_common.config import load_config
+from lva_common.errors import INTERNAL, LunaError
 from lva_core.events.bus import EventBus
 from lva_core.streams import store as store_module
 from lva_core.streams.manager import StreamManager

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.pipeline_probe import PipelineProbe, wall_time_of
 from lva_core.analytics.validation import check_schema
-from lva_core.errors import BAD_JSON, LunaError
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 STREAM = "6d1b0f5e-8c1a-4a53-9a49-0b7d6c3c2f10"
 

@@ -30,9 +30,9 @@ from websockets.exceptions import InvalidStatus
 from yarl import URL
 
 from lva.v1 import agent_pb2, agent_pb2_grpc
-from lva_core.config import load_config
-from lva_core.ratelimit import RateLimiter
-from lva_core.streams.source import SourceError, classify, validate_reference
+from lva_common.config import load_config
+from lva_core.api.ratelimit import RateLimiter
+from lva_core.pipeline.source import SourceError, classify, validate_reference
 from lva_facade.auth import bearer_token
 from tests.helpers import Service, free_port, start_core, start_facade
 from tests.streams_helpers import clip

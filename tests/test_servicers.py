@@ -17,10 +17,10 @@ import pytest
 from google.protobuf import json_format
 
 from lva.v1 import agent_pb2
-from lva_core.config import load_config
-from lva_core.errors import LunaError
-from lva_core.services.agent import AgentServicer
-from lva_core.triton.health import ComponentError
+from lva_common.config import load_config
+from lva_common.errors import LunaError
+from lva_core.api.servicers.agent import AgentServicer
+from lva_core.runtime.triton_health import ComponentError
 
 SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 

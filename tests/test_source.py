@@ -26,8 +26,8 @@ import av
 import numpy as np
 import pytest
 
-from lva_core.streams.frame import Frame
-from lva_core.streams.source import (
+from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.source import (
     SourceError,
     SourceSpec,
     VideoSource,

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from lva_core.errors import LunaError
+from lva_common.errors import LunaError
 from lva_core.events.bus import EventBus
-from lva_core.streams.buffer import BufferStrategy, FrameBuffer
+from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
+from lva_core.pipeline.worker import backoff
 from lva_core.streams.state import TRANSITIONS, Status, can_transition, check_transition
-from lva_core.streams.worker import backoff
 
 
 def test_every_state_can_stop_and_only_stop_leads_to_pending_from_terminal_states() -> None:

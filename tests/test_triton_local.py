@@ -20,9 +20,9 @@ import pytest_asyncio
 import tritonclient.grpc.aio as grpcclient
 from skimage import data, transform
 
-from lva_core.errors import LunaError
-from lva_core.triton.health import ComponentError, check_triton
-from lva_core.triton.local import SHM_DIR, SHM_PREFIX, LocalTriton, cleanup_stale_shm
+from lva_common.errors import LunaError
+from lva_core.runtime.triton_health import ComponentError, check_triton
+from lva_core.runtime.triton_server import SHM_DIR, SHM_PREFIX, LocalTriton, cleanup_stale_shm
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_ENV = REPO / ".venv-triton"
@@ -252,7 +252,8 @@ async def wait_gone(pid: int, within: float) -> bool:
 async def test_cli_serves_until_signalled_and_never_orphans_triton(sig: signal.Signals) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lva_core.triton.local", "--env", str(TRITON_ENV), "--repo", str(MODELS),
+        sys.executable, "-m", "lva_core.runtime.triton_server",
+        "--env", str(TRITON_ENV), "--repo", str(MODELS),
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

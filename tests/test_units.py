@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from lva.v1 import agent_pb2, streams_pb2
-from lva_core.config import load_config, mask_secrets, mask_url
-from lva_core.errors import BAD_JSON, HEALTH_CHECK, REGISTRY, LunaError, from_grpc
+from lva_common.config import load_config, mask_secrets, mask_url
+from lva_common.errors import BAD_JSON, HEALTH_CHECK, REGISTRY, LunaError, from_grpc
 from lva_core.version import version_parts
 from lva_facade.jsoncodec import CodecError, json_to_message, message_to_json
 from lva_facade.negotiation import negotiate

@@ -14,10 +14,10 @@ import numpy as np
 
 from lva.v1 import streams_pb2
 from lva_core.analytics.base import Event, InferFn
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.worker import StreamWorker
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.state import Status
-from lva_core.streams.worker import StreamWorker
 
 STREAM = "00000000-0000-4000-8000-000000000001"
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 # infer(role, inputs) -> outputs, per item (no batch dimension). Roles are the analytic's own
 # names for the models it uses ("detector", "attributes"); the config maps roles to models.

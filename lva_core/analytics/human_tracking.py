@@ -32,7 +32,7 @@ from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.people_counter import inside, now_iso, rect, to_source_pixels, valid_rows
 from lva_core.analytics.tracker import Track, Tracker
 from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 _TIME_EPSILON = 1e-6
 # The face_attributes contract, version 1: GENDER is the probability of the second of its

@@ -29,7 +29,7 @@ import numpy as np
 
 from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 # Stream time may come from decoder timestamps: a period of 1 s must not be skipped because a
 # frame lands a few microseconds early.

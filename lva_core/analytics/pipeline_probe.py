@@ -25,7 +25,7 @@ import numpy as np
 
 from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.validation import validate
-from lva_core.streams.frame import Frame
+from lva_core.pipeline.frame import Frame
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

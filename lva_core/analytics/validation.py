@@ -25,7 +25,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from lva_core.errors import BAD_JSON, LunaError
+from lva_common.errors import BAD_JSON, LunaError
 
 
 def json_path(prefix: str, parts: Iterable[str | int]) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from lva_core.errors import DEADLINE, TRITON_UNAVAILABLE
+from lva_common.errors import DEADLINE, TRITON_UNAVAILABLE
 from lva_core.inference.client import InferenceError, TritonClient, classify
-from lva_core.metrics import BATCH_SIZE, BATCH_WAIT, INFERENCE_ERRORS, INFERENCE_LATENCY
+from lva_core.metrics.instruments import BATCH_SIZE, BATCH_WAIT, INFERENCE_ERRORS, INFERENCE_LATENCY
 
 log = logging.getLogger("lva_core.inference")
 

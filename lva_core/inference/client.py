@@ -18,7 +18,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from lva_core.errors import (
+from lva_common.errors import (
     CONFLICT,
     DEADLINE,
     MODEL_ERROR,

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from lva.v1 import streams_pb2
+from lva_common.errors import BAD_JSON, BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError
 from lva_core.analytics.base import Analytic, InferFn
-from lva_core.errors import BAD_JSON, BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError
 from lva_core.events.bus import EventBus, Message
 from lva_core.inference.service import Inference
+from lva_core.pipeline.worker import StreamWorker
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.state import USER_TARGETS, Status
 from lva_core.streams.store import StoreError, StreamStore
@@ -26,7 +27,6 @@ from lva_core.streams.validation import (
     validate_autorestart,
     validate_data,
 )
-from lva_core.streams.worker import StreamWorker
 
 log = logging.getLogger("lva_core.streams")
 

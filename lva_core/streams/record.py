@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from lva.v1 import streams_pb2
-from lva_core.config import mask_url
+from lva_common.config import mask_url
 from lva_core.streams.state import Status, check_transition
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 from lva.v1 import streams_pb2
-from lva_core.errors import CONFLICT, LunaError
+from lva_common.errors import CONFLICT, LunaError
 
 
 class Status(enum.Enum):

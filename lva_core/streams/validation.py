@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 from google.protobuf import json_format
 
 from lva.v1 import streams_pb2
+from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.base import Analytic
-from lva_core.errors import BAD_JSON, LunaError
+from lva_core.pipeline.source import SourceError, validate_reference
 from lva_core.streams.record import AnalyticSpec
-from lva_core.streams.source import SourceError, validate_reference
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 DEFAULT_ATTEMPTS = 10

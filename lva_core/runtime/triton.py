@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lva_core.errors import LunaError
-from lva_core.triton.health import ComponentError, check_triton
-from lva_core.triton.local import LocalTriton
+from lva_common.errors import LunaError
+from lva_core.runtime.triton_health import ComponentError, check_triton
+from lva_core.runtime.triton_server import LocalTriton
 
 log = logging.getLogger("lva_core.triton")
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from lva_core.config import load_config
+from lva_common.config import load_config
 
 STOP_TIMEOUT = 15.0
 

@@ -33,7 +33,7 @@ from typing import IO, Self
 
 import tritonclient.grpc.aio as grpcclient
 
-from lva_core.errors import TRITON_UNAVAILABLE, LunaError
+from lva_common.errors import TRITON_UNAVAILABLE, LunaError
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +523,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lva_core.triton.local", description="Run a local tritonserver until SIGTERM/SIGINT."
+        prog="python -m lva_core.runtime.triton_server",
+        description="Run a local tritonserver until SIGTERM/SIGINT.",
     )
     parser.add_argument("--env", type=Path, default=Path(".venv-triton"), help="the Triton environment")
     parser.add_argument("--repo", type=Path, default=Path("triton_models"), help="the model repository")

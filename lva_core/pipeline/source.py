@@ -65,10 +65,10 @@ import av
 import av.error
 import numpy as np
 
-from lva_core.config import mask_url
-from lva_core.streams.frame import Frame
+from lva_common.config import mask_url
+from lva_core.pipeline.frame import Frame
 
-log = logging.getLogger("lva_core.streams.source")
+log = logging.getLogger("lva_core.pipeline.source")
 
 SOURCE_KINDS = ("stream", "videofile")
 ROI_MODES = ("abs", "percent")

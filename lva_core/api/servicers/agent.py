@@ -9,10 +9,10 @@ import grpc
 from google.protobuf import struct_pb2
 
 from lva.v1 import agent_pb2, agent_pb2_grpc
-from lva_core.config import mask_secrets
-from lva_core.errors import BAD_QUERY, HEALTH_CHECK, LunaError
+from lva_common.config import mask_secrets
+from lva_common.errors import BAD_QUERY, HEALTH_CHECK, LunaError
 from lva_core.plugins import discover_plugins
-from lva_core.triton.health import ComponentError
+from lva_core.runtime.triton_health import ComponentError
 from lva_core.version import API_VERSION, version_parts
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -1,7 +1,7 @@
 """One place where servicer failures become gRPC statuses with a LUNA code.
 
 Servicers raise LunaError; this interceptor aborts the RPC with the error's gRPC code and a
-rich status (lva_core.errors) so that any client, the facade included, gets the LUNA code. It
+rich status (lva_common.errors) so that any client, the facade included, gets the LUNA code. It
 also binds the caller's Luna-Request-Id to the logging context for the RPC's duration.
 """
 
@@ -14,9 +14,9 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from lva_core.errors import INTERNAL, NOT_IMPLEMENTED, LunaError
-from lva_core.logs import request_id_var
-from lva_core.metrics import RPC_LATENCY, RPC_REQUESTS
+from lva_common.errors import INTERNAL, NOT_IMPLEMENTED, LunaError
+from lva_common.logs import request_id_var
+from lva_core.metrics.instruments import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger("lva_core.rpc")
 REQUEST_ID_KEY = "luna-request-id"

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from lva.v1 import streams_pb2
+from lva_common.errors import LunaError
+from lva_common.logs import request_id_var, stream_id_var
 from lva_core.analytics.base import Analytic, InferFn
-from lva_core.errors import LunaError
-from lva_core.logs import request_id_var, stream_id_var
-from lva_core.metrics import FRAME_ANALYSIS, FRAME_DECODE
-from lva_core.streams.buffer import BufferStrategy, FrameBuffer
-from lva_core.streams.frame import Frame
+from lva_core.metrics.instruments import FRAME_ANALYSIS, FRAME_DECODE
+from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
+from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.source import SourceError, SourceSpec, VideoSource
 from lva_core.streams.record import StreamRecord
-from lva_core.streams.source import SourceError, SourceSpec, VideoSource
 from lva_core.streams.state import Status
 
 log = logging.getLogger("lva_core.streams")

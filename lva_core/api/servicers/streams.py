@@ -10,9 +10,9 @@ import grpc
 from google.protobuf import struct_pb2
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
-from lva_core.errors import TOO_MANY_REQUESTS, LunaError
+from lva_common.errors import TOO_MANY_REQUESTS, LunaError
+from lva_core.api.ratelimit import RateLimiter
 from lva_core.events.bus import Message
-from lva_core.ratelimit import RateLimiter
 from lva_core.streams.manager import StreamManager, status_message
 from lva_core.streams.state import Status
 from lva_core.streams.validation import invalid

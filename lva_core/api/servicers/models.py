@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from lva.v1 import models_pb2, models_pb2_grpc
-from lva_core.errors import BAD_QUERY, MODEL_NOT_FOUND, LunaError
+from lva_common.errors import BAD_QUERY, MODEL_NOT_FOUND, LunaError
 from lva_core.inference.client import TritonClient
 
 Context = grpc.aio.ServicerContext[Any, Any]

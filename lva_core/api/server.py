@@ -22,20 +22,21 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
+from lva_common.tls import server_credentials
 from lva_core.analytics.registry import discover_analytics
+from lva_core.api.interceptor import LunaErrorInterceptor
+from lva_core.api.ratelimit import RateLimiter
+from lva_core.api.servicers.agent import AgentServicer
+from lva_core.api.servicers.analytics import AnalyticsServicer
+from lva_core.api.servicers.models import ModelsServicer
+from lva_core.api.servicers.streams import StreamsServicer
 from lva_core.events.bus import EventBus
 from lva_core.inference.service import Inference
-from lva_core.interceptor import LunaErrorInterceptor
-from lva_core.metrics import serve_metrics, watch_event_loop
-from lva_core.ratelimit import RateLimiter
-from lva_core.services.agent import AgentServicer
-from lva_core.services.analytics import AnalyticsServicer
-from lva_core.services.models import ModelsServicer
-from lva_core.services.streams import StreamsServicer
+from lva_core.metrics.collectors import serve_metrics
+from lva_core.metrics.instruments import watch_event_loop
+from lva_core.runtime.triton import TritonRuntime
 from lva_core.streams.manager import StreamManager
 from lva_core.streams.store import StoreError, StreamStore, store_path
-from lva_core.tls import server_credentials
-from lva_core.triton.runtime import TritonRuntime
 
 log = logging.getLogger("lva_core")
 

@@ -1,0 +1,1 @@
+"""What both processes use: errors, configuration, logging, TLS, signals."""

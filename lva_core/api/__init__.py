@@ -1,0 +1,1 @@
+"""The gRPC surface: server, interceptor, rate limit, servicers."""

@@ -1,0 +1,1 @@
+"""The servicers: protobuf in, domain calls, protobuf out."""

@@ -1,0 +1,1 @@
+"""Prometheus metrics: instruments (a leaf the hot path imports) and collectors apart."""

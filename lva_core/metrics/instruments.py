@@ -1,0 +1,73 @@
+"""The core's metric instruments: histograms and counters the hot path updates.
+
+A leaf module: it imports nothing of the core, so that the frame path, the batcher and the
+interceptor can import it without pulling in the stream registry (the collectors read that,
+in ``collectors.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import Counter, Histogram
+
+INFERENCE_LATENCY = Histogram(
+    "lva_inference_latency_seconds",
+    "Time of one inference request to Triton (one batch), by model.",
+    ["model"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12),
+)
+BATCH_SIZE = Histogram(
+    "lva_inference_batch_size",
+    "Items per inference request sent by the core's batcher, by model.",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
+INFERENCE_ERRORS = Counter(
+    "lva_inference_errors_total",
+    "Failed inference requests, by model and LUNA error code.",
+    ["model", "code"],
+)
+# The hot path's stages, for profiling (benchmarks read their sums and counts: mean per frame).
+# Unlabelled or labelled by model only, so that their cardinality does not grow with streams.
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FRAME_DECODE = Histogram(
+    "lva_frame_decode_seconds",
+    "Time the stream's decoding thread spends on one analysed frame: demux, decode, convert "
+    "(with sampling, the skipped frames too).",
+    buckets=_FAST,
+)
+FRAME_ANALYSIS = Histogram(
+    "lva_frame_analysis_seconds",
+    "Time from a frame leaving its stream's buffer to its events being published (all analytics).",
+    buckets=_FAST,
+)
+BATCH_WAIT = Histogram(
+    "lva_inference_queue_seconds",
+    "Time an item waits in the core's batcher before its request leaves, by model.",
+    ["model"],
+    buckets=_FAST,
+)
+LOOP_LAG = Histogram(
+    "lva_core_event_loop_lag_seconds",
+    "How late the core's event loop runs a timer (sampled every 100 ms): a stall of the loop shows here.",
+    buckets=_FAST,
+)
+
+
+async def watch_event_loop(interval: float = 0.1) -> None:
+    """Sample the event loop's lag forever (cancel to stop): blocking work on the loop shows as lag."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
+
+
+RPC_REQUESTS = Counter("lva_grpc_requests_total", "gRPC requests served by the core.", ["method", "code"])
+RPC_LATENCY = Histogram(
+    "lva_grpc_request_duration_seconds",
+    "Time to answer a unary gRPC request.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -1,0 +1,1 @@
+"""The frame path of one stream: source, buffer, worker, model routing."""

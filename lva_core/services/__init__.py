@@ -1,1 +1,0 @@
-"""Thin gRPC servicers over the core's domain modules."""

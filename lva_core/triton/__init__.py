@@ -1,1 +1,0 @@
-"""Triton Inference Server: a local server started from the PyPI wheel, and its health check."""
