@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 import grpc
@@ -22,6 +21,7 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
+from lva_common.signals import stop_event
 from lva_common.tls import server_credentials
 from lva_core.analytics.registry import discover_analytics
 from lva_core.api.interceptor import LunaErrorInterceptor
@@ -141,10 +141,7 @@ async def serve(config: dict[str, Any]) -> None:
         # Running on without the store would lose every stream at the next restart: refuse.
         log.error("%s", exc)
         raise SystemExit(1) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await server.start()
     await stop.wait()
     await server.stop()

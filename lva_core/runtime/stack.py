@@ -13,6 +13,7 @@ import sys
 import time
 
 from lva_common.config import load_config
+from lva_common.signals import stop_event
 
 STOP_TIMEOUT = 15.0
 
@@ -45,10 +46,7 @@ async def _wait_port(host: str, port: int, timeout: float) -> bool:
 async def run_stack(config_path: str | None) -> int:
     config = load_config(config_path)
     extra = ["--config", config_path] if config_path else []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
 
     core = await asyncio.create_subprocess_exec(sys.executable, "-m", "lva_core", *extra)
     if not await _wait_port(config["core"]["host"], int(config["core"]["port"]), 30):

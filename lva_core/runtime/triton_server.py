@@ -34,6 +34,7 @@ from typing import IO, Self
 import tritonclient.grpc.aio as grpcclient
 
 from lva_common.errors import TRITON_UNAVAILABLE, LunaError
+from lva_common.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -497,10 +498,7 @@ async def _serve(args: argparse.Namespace) -> int:
         log_path=args.log,
         startup_timeout=args.startup_timeout,
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    stopping = stop_event()
     start = asyncio.create_task(triton.start())
     stop_wait = asyncio.create_task(stopping.wait())
     await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
