@@ -32,7 +32,8 @@ from yarl import URL
 from lva.v1 import agent_pb2, agent_pb2_grpc
 from lva_common.config import load_config
 from lva_core.api.ratelimit import RateLimiter
-from lva_core.pipeline.source import SourceError, classify, validate_reference
+from lva_core.pipeline.source.errors import SourceError, classify
+from lva_core.pipeline.source.reference import validate_reference
 from lva_facade.auth import bearer_token
 from tests.helpers import Service, free_port, start_core, start_facade
 from tests.streams_helpers import clip

@@ -27,15 +27,11 @@ import numpy as np
 import pytest
 
 from lva_core.pipeline.frame import Frame
-from lva_core.pipeline.source import (
-    SourceError,
-    SourceSpec,
-    VideoSource,
-    classify,
-    rect_to_rotated,
-    rect_to_source,
-    validate_reference,
-)
+from lva_core.pipeline.geometry import rect_to_rotated, rect_to_source
+from lva_core.pipeline.source.errors import SourceError, classify
+from lva_core.pipeline.source.reader import VideoSource
+from lva_core.pipeline.source.reference import validate_reference
+from lva_core.pipeline.source.spec import SourceSpec
 from tests import rtsp_server
 from tools.make_sample_clip import make_clip, truth_path
 

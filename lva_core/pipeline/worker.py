@@ -22,7 +22,9 @@ from lva_core.analytics.base import Analytic, InferFn
 from lva_core.metrics.instruments import FRAME_ANALYSIS, FRAME_DECODE
 from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
 from lva_core.pipeline.frame import Frame
-from lva_core.pipeline.source import SourceError, SourceSpec, VideoSource
+from lva_core.pipeline.source.errors import SourceError
+from lva_core.pipeline.source.reader import VideoSource
+from lva_core.pipeline.source.spec import SourceSpec
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.state import Status
 

@@ -14,7 +14,8 @@ from google.protobuf import json_format
 from lva.v1 import streams_pb2
 from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.base import Analytic
-from lva_core.pipeline.source import SourceError, validate_reference
+from lva_core.pipeline.source.errors import SourceError
+from lva_core.pipeline.source.reference import validate_reference
 from lva_core.streams.record import AnalyticSpec
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")

@@ -1,0 +1,83 @@
+"""Rotation, ROI and the one RGB conversion of a sampled frame (FFmpeg filters and swscale)."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from lva_core.pipeline.geometry import Rect, rect_to_rotated, rect_to_source, roi_rect, rotated_size
+from lva_core.pipeline.source.spec import SourceSpec
+
+
+class FrameTransform:
+    """Rotation, ROI and the one RGB conversion of a sampled frame.
+
+    Without rotation: swscale converts the whole frame (the one copy) and the ROI is a view.
+    With rotation: an FFmpeg filter graph crops the ROI (pointer arithmetic, on a rectangle
+    widened to even coordinates so that 4:2:0 chroma stays aligned) and rotates it (transpose,
+    or vflip+hflip for 180; a copy of the YUV pixels of the ROI only), then swscale converts the
+    result; a view trims the widening. The graph is rebuilt when the frame's size changes.
+    """
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self._graph: Any = None
+        self._key: tuple[Any, ...] | None = None
+        self._trim: Rect = (0, 0, 0, 0)
+        self.roi_missed = False  # the ROI lay outside a frame, which was delivered whole
+
+    def __call__(self, frame: Any) -> tuple[np.ndarray[Any, Any], tuple[int, int], tuple[int, int]]:
+        rotation = self.spec.rotation % 360
+        width, height = int(frame.width), int(frame.height)
+        size = rotated_size(width, height, rotation)
+        rect = roi_rect(self.spec, *size)
+        if rect is None:
+            self.roi_missed, rect = True, (0, 0, *size)
+        x, y, w, h = rect
+        if rotation == 0:
+            image = frame.to_ndarray(format="rgb24")
+            if (w, h) != size:
+                image = image[y : y + h, x : x + w]
+            return image, (x, y), size
+        key = (width, height, frame.format.name, rotation, x, y, w, h)
+        if key != self._key:
+            self._build(key, frame.time_base)
+        self._graph.push(frame)
+        image = self._graph.pull().to_ndarray(format="rgb24")
+        tx, ty, tw, th = self._trim
+        if (tw, th) != (image.shape[1], image.shape[0]):
+            image = image[ty : ty + th, tx : tx + tw]
+        return image, (x, y), size
+
+    def _build(self, key: tuple[Any, ...], time_base: Fraction | None) -> None:
+        width, height, pix_fmt, rotation, x, y, w, h = key
+        sx, sy, sw, sh = rect_to_source((x, y, w, h), rotation, width, height)
+        # Widen to even coordinates, then find where the widened rectangle lands after rotation.
+        ex0, ey0 = sx & ~1, sy & ~1
+        ex1, ey1 = min(width, (sx + sw + 1) & ~1), min(height, (sy + sh + 1) & ~1)
+        wide = (ex0, ey0, ex1 - ex0, ey1 - ey0)
+        rx, ry, _, _ = rect_to_rotated(wide, rotation, width, height)
+        self._trim = (x - rx, y - ry, w, h)
+        graph = av.filter.Graph()
+        chain = [
+            graph.add_buffer(
+                width=width, height=height, format=pix_fmt, time_base=time_base or Fraction(1, 90000)
+            )
+        ]
+        if wide != (0, 0, width, height):
+            chain.append(graph.add("crop", f"w={wide[2]}:h={wide[3]}:x={wide[0]}:y={wide[1]}:exact=1"))
+        if rotation == 90:
+            chain.append(graph.add("transpose", "clock"))
+        elif rotation == 270:
+            chain.append(graph.add("transpose", "cclock"))
+        else:  # 180; vflip only flips pointers, hflip copies
+            chain += [graph.add("vflip"), graph.add("hflip")]
+        chain.append(graph.add("buffersink"))
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream.link_to(downstream)
+        graph.configure()
+        self._graph, self._key = graph, key
