@@ -255,6 +255,12 @@ class LunaError(Exception):
         return ((STATUS_DETAILS_KEY, self.to_rpc_status().SerializeToString()),)
 
 
+def invalid(path: str, message: str) -> LunaError:
+    """The one error shape for a bad field of a request: 12027, detail ``<path>: <message>``, and
+    ``path`` in the body, so that a client can point at the field."""
+    return LunaError(BAD_JSON, f"{path}: {message}" if path else message, {"path": path})
+
+
 def spec_for_grpc_code(code: grpc.StatusCode) -> ErrorSpec:
     return _BY_GRPC_CODE.get(code, INTERNAL)
 

@@ -25,7 +25,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from lva_common.errors import BAD_JSON, LunaError
+from lva_common.errors import invalid
 
 
 def json_path(prefix: str, parts: Iterable[str | int]) -> str:
@@ -37,11 +37,6 @@ def json_path(prefix: str, parts: Iterable[str | int]) -> str:
         else:
             path = f"{path}.{part}" if path else str(part)
     return path
-
-
-def invalid(path: str, message: str) -> LunaError:
-    """The one error shape for a bad parameter: 12027, detail ``<path>: <message>``, extra ``path``."""
-    return LunaError(BAD_JSON, f"{path}: {message}" if path else message, {"path": path})
 
 
 def fill_defaults(schema: Mapping[str, Any], instance: Any) -> Any:

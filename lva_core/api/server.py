@@ -34,9 +34,12 @@ from lva_core.events.bus import EventBus
 from lva_core.inference.service import Inference
 from lva_core.metrics.collectors import serve_metrics
 from lva_core.metrics.instruments import watch_event_loop
+from lva_core.pipeline.routing import ModelRouter
+from lva_core.pipeline.settings import StreamSettings
 from lva_core.runtime.triton import TritonRuntime
 from lva_core.streams.manager import StreamManager
-from lva_core.streams.store import StoreError, StreamStore, store_path
+from lva_core.streams.store.base import StoreError
+from lva_core.streams.store.factory import open_store
 
 log = logging.getLogger("lva_core")
 
@@ -55,11 +58,12 @@ class CoreServer:
         self.config = config
         self.triton = TritonRuntime(config)
         self.inference = Inference(config)
-        self.bus = EventBus(int((config.get("streams") or {}).get("subscriber_queue", 256)))
+        self.bus = EventBus(StreamSettings.from_config(config).subscriber_queue)
         self.catalogue = discover_analytics(config)
         # An unusable store stops start-up here, before any port is bound (serve() exits with 1).
-        store = StreamStore(store_path(config))
-        self.streams = StreamManager(config, self.inference, self.bus, self.catalogue, store)
+        store = open_store(config)
+        router = ModelRouter(config["triton"].get("models") or {}, self.inference)
+        self.streams = StreamManager(config, router, self.bus, self.catalogue, store)
         self.streams.load()
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-Message = dict[str, Any]
+from lva_core.events.messages import StreamEvent
 
 
 @dataclass
 class Delivery:
-    message: Message
+    message: StreamEvent
     lost: int  # messages dropped for this subscriber since the previous delivery
 
 
@@ -26,13 +25,13 @@ class Subscription:
     def __init__(self, stream_id: str, maxlen: int) -> None:
         self.stream_id = stream_id
         self.maxlen = maxlen
-        self._queue: deque[Message] = deque()
+        self._queue: deque[StreamEvent] = deque()
         self._lost = 0
         self.lost_total = 0
         self._ready = asyncio.Event()
         self.closed = False
 
-    def push(self, message: Message) -> None:
+    def push(self, message: StreamEvent) -> None:
         if self.closed:
             return
         if len(self._queue) >= self.maxlen:
@@ -88,12 +87,12 @@ class EventBus:
             return len(self._subscribers.get(stream_id, ()))
         return sum(len(s) for s in self._subscribers.values())
 
-    def publish(self, stream_id: str, message: Message) -> None:
+    def publish(self, stream_id: str, message: StreamEvent) -> None:
         self.published += 1
         for subscription in self._subscribers.get(stream_id, ()):
             subscription.push(message)
 
-    def close_stream(self, stream_id: str, final: Message | None = None) -> None:
+    def close_stream(self, stream_id: str, final: StreamEvent | None = None) -> None:
         """End every subscription of a stream, after ``final`` (for example, a deleted stream)."""
         for subscription in list(self._subscribers.pop(stream_id, ())):
             if final is not None:

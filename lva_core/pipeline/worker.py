@@ -12,16 +12,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from lva.v1 import streams_pb2
 from lva_common.errors import LunaError
 from lva_common.logs import request_id_var, stream_id_var
 from lva_core.analytics.base import Analytic, InferFn
 from lva_core.metrics.instruments import FRAME_ANALYSIS, FRAME_DECODE
 from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.settings import StreamSettings
 from lva_core.pipeline.source.errors import SourceError
 from lva_core.pipeline.source.reader import VideoSource
 from lva_core.pipeline.source.spec import SourceSpec
@@ -31,30 +32,43 @@ from lva_core.streams.state import Status
 log = logging.getLogger("lva_core.streams")
 
 MAX_BACKOFF = 30.0
-_ROI_MODES = {streams_pb2.ROI_MODE_PERCENT: "percent"}
-_RATE_UNITS = {streams_pb2.RATE_UNIT_SECOND: "second"}
-
-Publish = Callable[[StreamRecord, dict[str, Any]], None]
-InferFactory = Callable[[Analytic], InferFn]
 
 
-def source_spec(record: StreamRecord, timeouts: dict[str, float]) -> SourceSpec:
+class StreamReporter(Protocol):
+    """Where a worker reports: the registry records statuses and publishes events."""
+
+    def set_status(self, record: StreamRecord, status: Status, error: str | None) -> None: ...
+
+    def publish(self, record: StreamRecord, results: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class BoundAnalytic:
+    """One analytic of one stream: its validated parameters and the models it calls."""
+
+    name: str
+    analytic: Analytic
+    parameters: dict[str, Any]
+    infer: InferFn
+
+
+def source_spec(record: StreamRecord, settings: StreamSettings) -> SourceSpec:
     data = record.data
     roi = None
-    if data.HasField("roi") and data.roi.width > 0 and data.roi.height > 0:
+    if data.roi is not None and data.roi.width > 0 and data.roi.height > 0:
         roi = (data.roi.x, data.roi.y, data.roi.width, data.roi.height)
-    rate = data.frame_processing.rate
+    rate = data.rate
     return SourceSpec(
         reference=data.reference,
-        kind="videofile" if data.type == streams_pb2.SOURCE_TYPE_VIDEOFILE else "stream",
+        kind="stream" if data.live else "videofile",
         rotation=data.rotation,
         roi=roi,
-        roi_mode=_ROI_MODES.get(data.roi.mode, "abs"),
-        rate_period=rate.period or 1.0,
-        rate_unit=_RATE_UNITS.get(rate.unit, "frame"),
-        open_timeout=timeouts["open_timeout"],
-        read_timeout=timeouts["read_timeout"],
-        probe_duration=timeouts.get("probe_duration", 0.25),
+        roi_mode="percent" if data.roi is not None and data.roi.percent else "abs",
+        rate_period=(rate.period if rate is not None else 0.0) or 1.0,
+        rate_unit="second" if rate is not None and rate.unit == "second" else "frame",
+        open_timeout=settings.open_timeout,
+        read_timeout=settings.read_timeout,
+        probe_duration=settings.probe_duration,
     )
 
 
@@ -66,20 +80,14 @@ class StreamWorker:
     def __init__(
         self,
         record: StreamRecord,
-        analytics: list[tuple[str, Analytic, dict[str, Any]]],
-        infer_for: InferFactory,
-        publish: Publish,
-        set_status: Callable[[StreamRecord, Status, str | None], None],
-        timeouts: dict[str, float],
-        buffer_size: int = 2,
+        analytics: list[BoundAnalytic],
+        reporter: StreamReporter,
+        settings: StreamSettings,
     ) -> None:
         self.record = record
         self.analytics = analytics
-        self.infer_for = infer_for
-        self.publish = publish
-        self.set_status = set_status
-        self.timeouts = timeouts
-        self.buffer_size = buffer_size
+        self.reporter = reporter
+        self.settings = settings
         self.task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self._connected = False
@@ -101,12 +109,12 @@ class StreamWorker:
         request_id_var.set("-")
         stream_id_var.set(self.record.stream_id)
         record = self.record
-        live = record.data.type != streams_pb2.SOURCE_TYPE_VIDEOFILE
+        live = record.data.live
         attempts = 0
         while True:
             try:
                 await self._session(live)
-                self.set_status(record, Status.DONE, None)
+                self.reporter.set_status(record, Status.DONE, None)
                 return
             except SourceError as error:
                 message = f"{error.kind}: {error}"
@@ -120,36 +128,43 @@ class StreamWorker:
                 if restartable and attempts < record.autorestart.attempt_count:
                     attempts += 1
                     record.statistics.reconnects += 1
-                    self.set_status(record, Status.RESTART, message)
+                    self.reporter.set_status(record, Status.RESTART, message)
                     delay = backoff(attempts, record.autorestart.delay)
                     log.info("source lost (%s); attempt %d in %.1f s", message, attempts, delay)
                     await asyncio.sleep(delay)
                     continue
-                self.set_status(record, Status.FAILURE, message)
+                self.reporter.set_status(record, Status.FAILURE, message)
                 return
             except Exception:
                 log.exception("stream worker crashed")
-                self.set_status(record, Status.FAILURE, "internal error; see the core log")
+                self.reporter.set_status(record, Status.FAILURE, "internal error; see the core log")
                 return
 
     async def _session(self, live: bool) -> None:
         """Open, decode and analyse until the source ends (file) or fails (raises SourceError)."""
         record = self.record
         loop = asyncio.get_running_loop()
-        source = VideoSource(source_spec(record, self.timeouts), record.stream_id)
+        source = VideoSource(source_spec(record, self.settings), record.stream_id)
         self._stop.clear()
         await asyncio.to_thread(self._open, source)
         strategy = BufferStrategy.DROP_OLDEST if live else BufferStrategy.BLOCK
-        buffer: FrameBuffer[Frame | BaseException | None] = FrameBuffer(loop, self.buffer_size, strategy)
+        buffer: FrameBuffer[Frame | BaseException | None] = FrameBuffer(
+            loop, self.settings.buffer_size, strategy
+        )
         thread = threading.Thread(
             target=self._decode, args=(source, buffer), name=f"decode:{record.stream_id}", daemon=True
         )
         # Built once per session: per frame the loop only calls into them.
         states = [
-            (name, analytic, analytic.start(record.stream_id, params), self.infer_for(analytic))
-            for name, analytic, params in self.analytics
+            (
+                bound.name,
+                bound.analytic,
+                bound.analytic.start(record.stream_id, bound.parameters),
+                bound.infer,
+            )
+            for bound in self.analytics
         ]
-        self.set_status(record, Status.IN_PROGRESS, None)
+        self.reporter.set_status(record, Status.IN_PROGRESS, None)
         self._connected = True
         thread.start()
         # Two frames in flight: while one is post-processed (or waits for its second model), the
@@ -181,12 +196,12 @@ class StreamWorker:
             source.stop()
             buffer.close()
             # The thread notices within one frame or one read timeout; don't block the loop on it.
-            await asyncio.to_thread(thread.join, self.timeouts["read_timeout"] + 1)
+            await asyncio.to_thread(thread.join, self.settings.read_timeout + 1)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(source.close)
             for name, analytic, state, _infer in states:
                 for event in analytic.stop(state):
-                    self.publish(record, {name: event})
+                    self.reporter.publish(record, {name: event})
 
     def _open(self, source: VideoSource) -> None:
         source.open()
@@ -279,7 +294,7 @@ class StreamWorker:
         if previous is not None:
             await _settled(previous)  # an analytic that did not infer may finish first
         for result in results:
-            self.publish(record, result)
+            self.reporter.publish(record, result)
         record.statistics.frames_processed += 1
         record.statistics.frame_age = time.monotonic() - frame.decoded_at
         FRAME_ANALYSIS.observe(time.perf_counter() - started)

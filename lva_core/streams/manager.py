@@ -6,23 +6,22 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lva.v1 import streams_pb2
-from lva_common.errors import BAD_JSON, BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError
-from lva_core.analytics.base import Analytic, InferFn
-from lva_core.events.bus import EventBus, Message
-from lva_core.inference.service import Inference
-from lva_core.pipeline.worker import StreamWorker
+from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
+from lva_core.analytics.base import Analytic
+from lva_core.events.bus import EventBus
+from lva_core.events.messages import StreamEvent
+from lva_core.pipeline.routing import ModelRouter
+from lva_core.pipeline.settings import StreamSettings
+from lva_core.pipeline.worker import BoundAnalytic, StreamWorker
 from lva_core.streams.record import StreamRecord
+from lva_core.streams.spec import StreamSpec
 from lva_core.streams.state import USER_TARGETS, Status
-from lva_core.streams.store import StoreError, StreamStore
+from lva_core.streams.store.base import StoreError, StreamStore
+from lva_core.streams.store.sqlite import SqliteStreamStore
 from lva_core.streams.validation import (
     check_uuid,
-    invalid,
     validate_analytics,
     validate_autorestart,
     validate_data,
@@ -31,47 +30,28 @@ from lva_core.streams.validation import (
 log = logging.getLogger("lva_core.streams")
 
 
-def status_message(record: StreamRecord, results: Mapping[str, Any] | None = None) -> Message:
-    """The seed's message shape."""
-    return {
-        "stream_status": record.status.value,
-        "error": record.error,
-        "analytics_results": dict(results or {}),
-    }
-
-
 class StreamManager:
     def __init__(
         self,
         config: dict[str, Any],
-        inference: Inference,
+        router: ModelRouter,
         bus: EventBus,
         catalogue: Mapping[str, Analytic],
         store: StreamStore | None = None,
     ) -> None:
-        streams = config.get("streams") or {}
-        self.timeouts = {
-            "open_timeout": float(streams.get("open_timeout", 5.0)),
-            "read_timeout": float(streams.get("read_timeout", 5.0)),
-            "probe_duration": float(streams.get("probe_duration", 0.25)),
-        }
-        self.buffer_size = int(streams.get("buffer_size", 2))
-        dirs = streams.get("allowed_file_dirs")
-        # An empty list allows no local file at all (network sources only); see docs/security.md.
-        self.allowed_dirs = [Path(d) for d in dirs or []]
-        self.models: dict[str, Any] = dict(config["triton"].get("models") or {})
-        self.inference = inference
+        self.settings = StreamSettings.from_config(config)
+        self.router = router
         self.bus = bus
         self.catalogue = dict(catalogue)
         self.records: dict[str, StreamRecord] = {}
         self.workers: dict[str, StreamWorker] = {}
         # Without a store of its own (unit tests) nothing outlives the process.
-        self.store = store if store is not None else StreamStore()
+        self.store: StreamStore = store if store is not None else SqliteStreamStore()
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ the workers' reporter
 
     def publish(self, record: StreamRecord, results: Mapping[str, Any]) -> None:
-        self.bus.publish(record.stream_id, status_message(record, results))
+        self.bus.publish(record.stream_id, StreamEvent.of(record, results))
 
     def set_status(self, record: StreamRecord, status: Status, error: str | None) -> None:
         if record.status is status and record.error == error:
@@ -79,28 +59,18 @@ class StreamManager:
         record.transition(status, error)
         self.store.note_status(record)
         log.info("stream %s -> %s%s", record.stream_id, status.value, f" ({error})" if error else "")
-        self.bus.publish(record.stream_id, status_message(record))
-
-    def infer_for(self, analytic: Analytic) -> InferFn:
-        roles = self.models.get(analytic.name) or {}
-
-        async def infer(
-            role: str, inputs: Mapping[str, np.ndarray[Any, Any]]
-        ) -> dict[str, np.ndarray[Any, Any]]:
-            model = roles.get(role)
-            if model is None:
-                raise LunaError(BAD_JSON, f"no model configured for {analytic.name}.{role} (triton.models)")
-            return await self.inference.batcher(str(model)).infer(inputs)
-
-        return infer
+        self.bus.publish(record.stream_id, StreamEvent.of(record))
 
     # ------------------------------------------------------------------ lifecycle
 
     def _start_worker(self, record: StreamRecord) -> None:
-        analytics = [(spec.name, self.catalogue[spec.name], spec.parameters) for spec in record.analytics]
-        worker = StreamWorker(
-            record, analytics, self.infer_for, self.publish, self.set_status, self.timeouts, self.buffer_size
-        )
+        analytics = []
+        for spec in record.analytics:
+            analytic = self.catalogue[spec.name]
+            analytics.append(
+                BoundAnalytic(spec.name, analytic, spec.parameters, self.router.infer_for(analytic))
+            )
+        worker = StreamWorker(record, analytics, self, self.settings)
         self.workers[record.stream_id] = worker
         worker.start()
 
@@ -109,24 +79,22 @@ class StreamManager:
         if worker is not None:
             await worker.stop()
 
-    async def create(self, request: streams_pb2.CreateStreamRequest) -> StreamRecord:
-        if request.account_id:
-            check_uuid(request.account_id, "account_id")
-        if not request.HasField("data"):
+    async def create(self, spec: StreamSpec) -> StreamRecord:
+        if spec.account_id:
+            check_uuid(spec.account_id, "account_id")
+        if spec.data is None:
             raise invalid("data", "is required")
-        status = Status.PENDING
-        if request.status != streams_pb2.STREAM_STATUS_UNSPECIFIED:
-            status = Status.from_proto(request.status)
-            if status not in (Status.PENDING, Status.PAUSE):
-                raise invalid("status", "a new stream is pending or pause")
+        status = spec.status or Status.PENDING
+        if status not in (Status.PENDING, Status.PAUSE):
+            raise invalid("status", "a new stream is pending or pause")
         record = StreamRecord(
             stream_id=str(uuid.uuid4()),
-            account_id=request.account_id,
-            name=request.name,
-            description=request.description,
-            data=validate_data(request.data, self.allowed_dirs),
-            analytics=validate_analytics(list(request.analytics), self.catalogue),
-            autorestart=validate_autorestart(request),
+            account_id=spec.account_id,
+            name=spec.name,
+            description=spec.description,
+            data=validate_data(spec.data, list(self.settings.allowed_dirs)),
+            analytics=validate_analytics(spec.analytics, self.catalogue),
+            autorestart=validate_autorestart(spec.autorestart),
             status=status,
         )
         # Committed before the API answers: a stream the user was told exists survives a crash.
@@ -183,14 +151,11 @@ class StreamManager:
         return record
 
     async def delete(self, stream_id: str, account_id: str = "") -> None:
-        record = self.get(stream_id, account_id)
+        self.get(stream_id, account_id)  # checks the id and the owner
         await self._persist(self.store.delete(stream_id))  # first: a failed delete changes nothing
         await self._stop_worker(stream_id)
         del self.records[stream_id]
-        final = status_message(record)
-        final["stream_status"] = Status.STOP.value
-        final["error"] = "stream deleted"
-        self.bus.close_stream(stream_id, final)
+        self.bus.close_stream(stream_id, StreamEvent(Status.STOP, "stream deleted"))
         log.info("stream %s deleted", stream_id)
 
     async def close(self) -> None:
@@ -227,7 +192,7 @@ class StreamManager:
                 self.store.note_status(record)
             self.records[record.stream_id] = record
         if self.store.persistent:
-            log.info("stream store %s: %d streams loaded", self.store.path, len(self.records))
+            log.info("stream store %s: %d streams loaded", self.store.location, len(self.records))
         else:
             log.info("stream store in memory: streams are lost when the core stops (streams.store_path)")
 

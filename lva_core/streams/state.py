@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 
-from lva.v1 import streams_pb2
 from lva_common.errors import CONFLICT, LunaError
 
 
@@ -20,18 +19,6 @@ class Status(enum.Enum):
     DONE = "done"
     FAILURE = "failure"
     STOP = "stop"
-
-    @property
-    def proto(self) -> int:
-        return int(streams_pb2.StreamStatus.Value(f"STREAM_STATUS_{self.name}"))
-
-    @classmethod
-    def from_proto(cls, value: int) -> Status:
-        return cls[
-            streams_pb2.StreamStatus.Name(streams_pb2.StreamStatus.ValueType(value)).removeprefix(
-                "STREAM_STATUS_"
-            )
-        ]
 
     @property
     def active(self) -> bool:

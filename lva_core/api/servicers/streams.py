@@ -7,30 +7,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
-from lva_common.errors import TOO_MANY_REQUESTS, LunaError
+from lva_common.errors import TOO_MANY_REQUESTS, LunaError, invalid
+from lva_core.api.convert import (
+    status_from_proto,
+    stream_spec_from_request,
+    stream_to_proto,
+    watch_response,
+)
 from lva_core.api.ratelimit import RateLimiter
-from lva_core.events.bus import Message
-from lva_core.streams.manager import StreamManager, status_message
-from lva_core.streams.state import Status
-from lva_core.streams.validation import invalid
+from lva_core.events.messages import StreamEvent
+from lva_core.streams.manager import StreamManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def watch_response(message: Message, lost: int) -> streams_pb2.WatchStreamResponse:
-    results = struct_pb2.Struct()
-    results.update(message.get("analytics_results") or {})
-    response = streams_pb2.WatchStreamResponse(
-        stream_status=Status(message["stream_status"]).proto,  # type: ignore[arg-type]
-        analytics_results=results,
-        lost_messages=lost,
-    )
-    if message.get("error") is not None:
-        response.error = str(message["error"])
-    return response
 
 
 def _bucket_key(account_id: str) -> str:
@@ -63,7 +53,7 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
                     f"retry in {wait:.2f} s",
                     {"retry_after": round(wait, 3)},
                 )
-        record = await self._manager.create(request)
+        record = await self._manager.create(stream_spec_from_request(request))
         return streams_pb2.CreateStreamResponse(
             stream_id=record.stream_id, url=f"/1/streams/{record.stream_id}"
         )
@@ -72,28 +62,24 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
         self, request: streams_pb2.GetStreamRequest, context: Context
     ) -> streams_pb2.GetStreamResponse:
         return streams_pb2.GetStreamResponse(
-            stream=self._manager.get(request.stream_id, request.account_id).to_proto()
+            stream=stream_to_proto(self._manager.get(request.stream_id, request.account_id))
         )
 
     async def ListStreams(
         self, request: streams_pb2.ListStreamsRequest, context: Context
     ) -> streams_pb2.ListStreamsResponse:
-        status = (
-            None
-            if request.status == streams_pb2.STREAM_STATUS_UNSPECIFIED
-            else Status.from_proto(request.status)
-        )
+        status = status_from_proto(request.status)
         records, count = self._manager.list(request.account_id, status, request.page, request.page_size)
-        return streams_pb2.ListStreamsResponse(streams=[r.to_proto() for r in records], count=count)
+        return streams_pb2.ListStreamsResponse(streams=[stream_to_proto(r) for r in records], count=count)
 
     async def UpdateStream(
         self, request: streams_pb2.UpdateStreamRequest, context: Context
     ) -> streams_pb2.UpdateStreamResponse:
-        if request.status == streams_pb2.STREAM_STATUS_UNSPECIFIED:
+        target = status_from_proto(request.status)
+        if target is None:
             raise invalid("status", "is required: pause, or pending to resume")
-        target = Status.from_proto(request.status)
         record = await self._manager.update(request.stream_id, target, request.account_id)
-        return streams_pb2.UpdateStreamResponse(stream=record.to_proto())
+        return streams_pb2.UpdateStreamResponse(stream=stream_to_proto(record))
 
     async def DeleteStream(
         self, request: streams_pb2.DeleteStreamRequest, context: Context
@@ -109,7 +95,7 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
         subscription = bus.subscribe(record.stream_id)
         try:
             # The current status first, so that a watcher knows where the stream stands.
-            yield watch_response(status_message(record), 0)
+            yield watch_response(StreamEvent.of(record), 0)
             while (delivery := await subscription.get()) is not None:
                 yield watch_response(delivery.message, delivery.lost)
         finally:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lva_common.config import DEFAULTS
+
+_STREAMS = DEFAULTS["streams"]
+
 SOURCE_KINDS = ("stream", "videofile")
 ROI_MODES = ("abs", "percent")
 RATE_UNITS = ("frame", "second")
@@ -20,10 +24,10 @@ class SourceSpec:
     roi_mode: str = "abs"  # ROI_MODES: pixels, or percent of the rotated frame
     rate_period: float = 1.0
     rate_unit: str = "frame"  # RATE_UNITS: every Nth frame, or N frames per second
-    open_timeout: float = 5.0
-    read_timeout: float = 5.0
+    open_timeout: float = _STREAMS["open_timeout"]
+    read_timeout: float = _STREAMS["read_timeout"]
     # Network sources: seconds FFmpeg reads to learn the format (analyzeduration); 0: FFmpeg's.
-    probe_duration: float = 0.25
+    probe_duration: float = _STREAMS["probe_duration"]
     # Decode keyframes only when the sampling period allows it (off: always decode everything).
     keyframe_skip: bool = True
     # Live streams only: drop non-key frames before decoding when this far behind the source.

@@ -1,9 +1,10 @@
-"""The stream store: every stream and its settings in an embedded SQLite file, so that a restart of
+"""The SQLite stream store: every stream and its settings in an embedded SQLite file, so that a restart of
 the core loses nothing a user created.
 
-One row per stream. The settings are kept as the user's proto messages in their wire format
-(``data``, ``autorestart``), which the proto's compatibility rules already protect, and the
-validated analytics as JSON. Live statistics are not stored: they restart from 0.
+One row per stream. The settings are kept as the contract's proto messages in their wire format
+(``data``, ``autorestart``, converted by ``lva_core/api/convert.py``), which the proto's
+compatibility rules already protect, and the validated analytics as JSON. Live statistics are
+not stored: they restart from 0.
 
 Durability has two speeds. What a user asked for (create, pause/resume, delete) is committed
 with ``synchronous=FULL`` before the API answers, so an answered request survives even a power
@@ -29,8 +30,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lva.v1 import streams_pb2
-from lva_core.streams.record import AnalyticSpec, StreamRecord
+from lva_core.api.convert import (
+    autorestart_from_proto,
+    autorestart_to_proto,
+    source_data_from_proto,
+    source_data_to_proto,
+)
+from lva_core.streams.record import StreamRecord
+from lva_core.streams.spec import AnalyticSpec
 from lva_core.streams.state import Status
+from lva_core.streams.store.base import StoreError
 
 log = logging.getLogger("lva_core.streams.store")
 
@@ -64,21 +73,6 @@ _COLUMNS = (
 )
 
 
-class StoreError(Exception):
-    """The store cannot be used. At start-up the core reports it and exits."""
-
-
-def store_path(config: dict[str, Any]) -> str:
-    """``streams.store_path``; ``""`` and ``":memory:"`` keep the streams in memory only."""
-    value = (config.get("streams") or {}).get("store_path", "")
-    if value is None:
-        return MEMORY
-    if not isinstance(value, str):
-        # An unquoted :memory: in YAML is a mapping, not a string.
-        raise StoreError(f'streams.store_path must be a string (quote ":memory:"), not {value!r}')
-    return value or MEMORY
-
-
 def _row(record: StreamRecord) -> tuple[Any, ...]:
     analytics = json.dumps([{"name": s.name, "parameters": s.parameters} for s in record.analytics])
     return (
@@ -86,9 +80,9 @@ def _row(record: StreamRecord) -> tuple[Any, ...]:
         record.account_id,
         record.name,
         record.description,
-        record.data.SerializeToString(),
+        source_data_to_proto(record.data).SerializeToString(),
         analytics,
-        record.autorestart.SerializeToString(),
+        autorestart_to_proto(record.autorestart).SerializeToString(),
         record.status.value,
         record.error,
         record.create_time,
@@ -107,9 +101,9 @@ def _record(row: sqlite3.Row) -> StreamRecord:
         account_id=row["account_id"],
         name=row["name"],
         description=row["description"],
-        data=data,
+        data=source_data_from_proto(data),
         analytics=analytics,
-        autorestart=autorestart,
+        autorestart=autorestart_from_proto(autorestart),
         status=Status(row["status"]),
         error=row["error"],
         create_time=float(row["create_time"]),
@@ -117,7 +111,7 @@ def _record(row: sqlite3.Row) -> StreamRecord:
     )
 
 
-class StreamStore:
+class SqliteStreamStore:
     """One SQLite file (or memory); open it, load() once, then write through the async methods."""
 
     def __init__(self, path: str = MEMORY) -> None:
@@ -193,6 +187,10 @@ class StreamStore:
     @property
     def persistent(self) -> bool:
         return self.path != MEMORY
+
+    @property
+    def location(self) -> str:
+        return self.path
 
     def schema_version(self) -> int:
         return int(self._run_sync(lambda: self._db.execute("PRAGMA user_version").fetchone()[0]))

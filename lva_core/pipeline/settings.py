@@ -1,0 +1,36 @@
+"""The frame path's settings, typed, from the ``streams`` section of the configuration.
+
+Every default lives in ``lva_common.config.DEFAULTS``; this only reads and types them, so a
+partial section (a unit test's) gets the same defaults as the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lva_common.config import DEFAULTS
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    open_timeout: float
+    read_timeout: float
+    probe_duration: float
+    buffer_size: int
+    subscriber_queue: int
+    # An empty list allows no local file at all (network sources only); see docs/security.md.
+    allowed_dirs: tuple[Path, ...]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> StreamSettings:
+        section = {**DEFAULTS["streams"], **(config.get("streams") or {})}
+        return cls(
+            open_timeout=float(section["open_timeout"]),
+            read_timeout=float(section["read_timeout"]),
+            probe_duration=float(section["probe_duration"]),
+            buffer_size=int(section["buffer_size"]),
+            subscriber_queue=int(section["subscriber_queue"]),
+            allowed_dirs=tuple(Path(d) for d in section["allowed_file_dirs"] or []),
+        )
