@@ -98,7 +98,8 @@ def enum_choices(enum: EnumDescriptor) -> list[str]:
 
 
 def enum_from_json(enum: EnumDescriptor, value: Any, path: str) -> int:
-    if isinstance(value, str):
+    # Enum names are ASCII; anything else (a lone surrogate makes upb's lookup raise) names none.
+    if isinstance(value, str) and value.isascii():
         wanted = value.strip().upper()
         prefix = _enum_prefix(enum)
         for candidate in (prefix + wanted, wanted):

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from aiohttp import HttpVersion11, WSMsgType, web
+from google.protobuf.struct_pb2 import Struct
 
 from lva.v1 import streams_pb2
 from lva_common.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
@@ -30,10 +31,11 @@ QUERY = {"stream_id", "account_id"}
 
 
 def render(response: streams_pb2.WatchStreamResponse) -> dict[str, Any]:
+    """One WebSocket message: the generic codec's JSON of the gRPC message, with one rule of the
+    seed's shape: ``lost_messages`` appears only when something was lost (three keys otherwise)."""
     data: dict[str, Any] = message_to_json(response)
-    data["analytics_results"] = data["analytics_results"] or {}
     if not data.get("lost_messages"):
-        data.pop("lost_messages", None)  # the seed's three keys, unless something was lost
+        data.pop("lost_messages", None)
     return data
 
 
@@ -89,10 +91,10 @@ def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED:
                     error = rpc_error_to_luna(exc, route, core.address)
+                    # The same shape as every message: no status, the error, no results.
+                    last = streams_pb2.WatchStreamResponse(error=error.detail, analytics_results=Struct())
                     with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_json(
-                            {"stream_status": None, "error": error.detail, "analytics_results": {}}
-                        )
+                        await ws.send_json(render(last))
             except (ConnectionError, RuntimeError):
                 pass  # the client went away while we were sending
             finally:
