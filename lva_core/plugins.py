@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-# Entry-point group -> the kind reported by /1/plugins.
-GROUPS = {"lva.analytics": "analytic", "lva.plugins": "plugin"}
+# Entry-point group -> the kind reported by /1/plugins. Analytics are the one kind of plugin the
+# core loads (analytics/registry.py); a group nothing loads would only list dead entries.
+GROUPS = {"lva.analytics": "analytic"}
 
 
 @dataclass(frozen=True)
