@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from lva_core.analytics.base import Event, InferFn
-from lva_core.analytics.people_counter import inside, now_iso, rect, to_source_pixels, valid_rows
+from lva_core.analytics.detections import Detections, now_iso, rect
 from lva_core.analytics.tracker import Track, Tracker
-from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
+from lva_core.analytics.validation import check_roi, json_path, roi_schema, validate
 from lva_core.pipeline.frame import Frame
 
 _TIME_EPSILON = 1e-6
@@ -235,13 +235,9 @@ class HumanTracking:
     async def process(self, frame: Frame, state: TrackingState, infer: InferFn) -> list[Event]:
         settings = state.settings
         outputs = await infer("detector", {"IMAGE": frame.image})
-        all_boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4)
-        rows = valid_rows(outputs, settings.score_threshold)
-        boxes = to_source_pixels(all_boxes[rows], frame)
-        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-        keep = inside(centres, roi_rect(settings.roi, frame.source_size))
-        rows, boxes = rows[keep], boxes[keep]
-        scores = np.asarray(outputs["SCORES"]).reshape(-1)[rows]
+        found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
+        rows, boxes, scores = found.rows, found.boxes, found.scores
+        all_boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4)  # normalised, for crops
         landmarks = self._landmarks(outputs, rows, frame)
 
         change = state.tracker.update(boxes, scores)

@@ -22,68 +22,18 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from lva_core.analytics.base import Event, InferFn
-from lva_core.analytics.validation import check_roi, json_path, roi_rect, roi_schema, validate
+from lva_core.analytics.detections import Detections, now_iso, rect
+from lva_core.analytics.validation import check_roi, json_path, roi_schema, validate
 from lva_core.pipeline.frame import Frame
 
 # Stream time may come from decoder timestamps: a period of 1 s must not be skipped because a
 # frame lands a few microseconds early.
 _TIME_EPSILON = 1e-6
-
-
-def now_iso() -> str:
-    """The current time in ISO 8601, UTC (``2024-05-01T12:00:00.123456+00:00``)."""
-    return datetime.now(UTC).isoformat()
-
-
-def to_source_pixels(boxes: np.ndarray[Any, Any], frame: Frame) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Boxes ``[n, 4]`` normalised to ``frame.image`` -> x1, y1, x2, y2 in source-frame pixels."""
-    width, height = frame.size
-    dx, dy = frame.offset
-    scale = np.array([width, height, width, height], dtype=np.float64)
-    shift = np.array([dx, dy, dx, dy], dtype=np.float64)
-    result: np.ndarray[Any, np.dtype[np.float64]] = (
-        np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale + shift
-    )
-    return result
-
-
-def rect(box: np.ndarray[Any, Any]) -> dict[str, int]:
-    """x1, y1, x2, y2 (pixels) -> LUNA's ``{"x", "y", "width", "height"}`` in whole pixels.
-
-    The corners are rounded, then the size taken between them, so that adjacent boxes stay
-    adjacent instead of each side rounding on its own.
-    """
-    x1, y1, x2, y2 = (round(float(v)) for v in box)
-    return {"x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
-
-
-def valid_rows(outputs: Mapping[str, np.ndarray[Any, Any]], score_threshold: float) -> np.ndarray[Any, Any]:
-    """Indices of a detector's valid rows (the contract: the first COUNT rows) worth keeping.
-
-    Rows with no area or scoring below ``score_threshold`` are skipped.
-    """
-    boxes = np.asarray(outputs["BOXES"]).reshape(-1, 4)
-    scores = np.asarray(outputs["SCORES"]).reshape(-1)
-    count = min(int(np.asarray(outputs["COUNT"]).reshape(-1)[0]), len(boxes), len(scores))
-    rows = np.arange(count)
-    keep = (
-        (boxes[:count, 2] > boxes[:count, 0])
-        & (boxes[:count, 3] > boxes[:count, 1])
-        & (scores[:count] >= score_threshold)
-    )
-    return rows[keep]
-
-
-def inside(centres: np.ndarray[Any, Any], area: tuple[float, float, float, float]) -> np.ndarray[Any, Any]:
-    """Which of the points ``[n, 2]`` lie in the half-open rectangle (x1, y1, x2, y2)."""
-    x1, y1, x2, y2 = area
-    return (centres[:, 0] >= x1) & (centres[:, 0] < x2) & (centres[:, 1] >= y1) & (centres[:, 1] < y2)
 
 
 SCHEMA: dict[str, Any] = {
@@ -290,12 +240,8 @@ class PeopleCounter:
             return []
         settings = state.settings
         outputs = await infer("detector", {"IMAGE": frame.image})
-        rows = valid_rows(outputs, settings.score_threshold)
-        boxes = to_source_pixels(np.asarray(outputs["BOXES"]).reshape(-1, 4)[rows], frame)
-        scores = np.asarray(outputs["SCORES"]).reshape(-1)[rows]
-        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-        keep = inside(centres, roi_rect(settings.roi, frame.source_size))
-        boxes, scores, centres = boxes[keep], scores[keep], centres[keep]
+        found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
+        boxes, scores, centres = found.boxes, found.scores, found.centres
         count = len(boxes)
 
         state.verdicts.append(count >= settings.threshold)
