@@ -134,6 +134,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
+def section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``config[name]`` over its defaults: a partial configuration (a unit test's, or one built by
+    hand) reads the same defaults as the service, which live in ``DEFAULTS`` alone."""
+    return _merge(copy.deepcopy(DEFAULTS[name]), config.get(name) or {})
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The effective configuration. ``path`` falls back to ``$LVA_CONFIG``; a missing file is an error."""
     env = os.environ if environ is None else environ

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lva_core.analytics.validation import roi_rect
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.geometry import roi_to_pixels
 
 OUTPUTS = ("BOXES", "SCORES", "COUNT")
 
@@ -72,6 +72,23 @@ def inside(centres: np.ndarray[Any, Any], area: tuple[float, float, float, float
     return (centres[:, 0] >= x1) & (centres[:, 0] < x2) & (centres[:, 1] >= y1) & (centres[:, 1] < y2)
 
 
+def roi_bounds(
+    roi: Mapping[str, Any] | None, source_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """A validated ``roi`` parameter as (x1, y1, x2, y2) in source-frame pixels; the whole frame
+    when None.
+
+    An absolute roi that reaches past the frame is clipped to it: the source's size is only known
+    once it is decoded, long after the parameters were accepted.
+    """
+    width, height = source_size
+    if roi is None:
+        return 0.0, 0.0, float(width), float(height)
+    area = (float(roi["x"]), float(roi["y"]), float(roi["width"]), float(roi["height"]))
+    x, y, w, h = roi_to_pixels(area, roi.get("mode") == "percent", width, height)
+    return max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
+
+
 @dataclass(frozen=True)
 class Detections:
     """A detector's valid, kept detections of one frame, in source-frame pixels."""
@@ -93,7 +110,7 @@ class Detections:
         rows = valid_rows(outputs, score_threshold)
         boxes = to_source_pixels(np.asarray(outputs["BOXES"]).reshape(-1, 4)[rows], frame)
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-        keep = inside(centres, roi_rect(roi, frame.source_size))
+        keep = inside(centres, roi_bounds(roi, frame.source_size))
         rows = rows[keep]
         scores = np.asarray(outputs["SCORES"]).reshape(-1)[rows]
         return cls(rows, boxes[keep], scores, centres[keep])

@@ -181,21 +181,3 @@ def check_roi(roi: Mapping[str, Any] | None, path: str) -> None:
         raise invalid(json_path(path, ["width"]), "x + width exceeds 100 percent of the frame")
     if roi["y"] + roi["height"] > 100:
         raise invalid(json_path(path, ["height"]), "y + height exceeds 100 percent of the frame")
-
-
-def roi_rect(
-    roi: Mapping[str, Any] | None, source_size: tuple[int, int]
-) -> tuple[float, float, float, float]:
-    """A validated ``roi`` as (x1, y1, x2, y2) in source-frame pixels; the whole frame when None.
-
-    An absolute roi that reaches past the frame is clipped to it: the source's size is only known
-    once it is decoded, long after the parameters were accepted.
-    """
-    width, height = source_size
-    if roi is None:
-        return 0.0, 0.0, float(width), float(height)
-    x, y, w, h = (float(roi[key]) for key in ("x", "y", "width", "height"))
-    if roi.get("mode") == "percent":
-        x, w = x * width / 100, w * width / 100
-        y, h = y * height / 100, h * height / 100
-    return max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)

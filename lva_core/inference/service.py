@@ -6,6 +6,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from lva_common.config import section
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import TritonClient
 
@@ -20,7 +21,7 @@ def _is_local(url: str) -> bool:
 
 def use_shared_memory(triton: dict[str, Any]) -> bool:
     """auto: system shared memory when Triton is on this machine (it must see our /dev/shm)."""
-    mode = str(triton.get("shared_memory", "auto")).lower()
+    mode = str(triton["shared_memory"]).lower()
     if mode not in ("auto", "system", "none"):
         raise ValueError(f"triton.shared_memory must be auto, system or none, not {mode!r}")
     return mode == "system" or (mode == "auto" and _is_local(str(triton["url"])))
@@ -28,19 +29,19 @@ def use_shared_memory(triton: dict[str, Any]) -> bool:
 
 class Inference:
     def __init__(self, config: dict[str, Any]) -> None:
-        triton = config["triton"]
-        batching = triton.get("batching") or {}
+        triton = section(config, "triton")
+        batching = triton["batching"]
         self._batching = {
-            "max_batch": int(batching.get("max_batch", 8)),
-            "max_delay": float(batching.get("max_delay_ms", 0)) / 1000.0,
-            "queue_size": int(batching.get("queue_size", 64)),
-            "timeout": float(triton.get("request_timeout", 5.0)),
+            "max_batch": int(batching["max_batch"]),
+            "max_delay": float(batching["max_delay_ms"]) / 1000.0,
+            "queue_size": int(batching["queue_size"]),
+            "timeout": float(triton["request_timeout"]),
         }
         self.client = TritonClient(
             str(triton["url"]),
             shared_memory=use_shared_memory(triton),
-            pool_bytes=int(triton.get("shm_pool_mb", 256)) * 1024 * 1024,
-            timeout=float(triton.get("request_timeout", 5.0)),
+            pool_bytes=int(triton["shm_pool_mb"]) * 1024 * 1024,
+            timeout=float(triton["request_timeout"]),
         )
         self._batchers: dict[str, ModelBatcher] = {}
 

@@ -38,6 +38,18 @@ def rect_to_rotated(rect: Rect, rotation: int, width: int, height: int) -> Rect:
     return rect
 
 
+def roi_to_pixels(
+    roi: tuple[float, float, float, float], percent: bool, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """An ROI (x, y, width, height) in pixels of a ``width`` x ``height`` frame, unclamped: a percent
+    ROI is scaled to the frame. The one conversion, for the source's crop and the analytics' areas."""
+    x, y, w, h = roi
+    if percent:
+        x, w = x * width / 100.0, w * width / 100.0
+        y, h = y * height / 100.0, h * height / 100.0
+    return x, y, w, h
+
+
 def roi_rect(spec: SourceSpec, width: int, height: int) -> Rect | None:
     """The ROI in pixels of the rotated frame (width x height), clamped to it.
 
@@ -45,10 +57,7 @@ def roi_rect(spec: SourceSpec, width: int, height: int) -> Rect | None:
     """
     if spec.roi is None:
         return 0, 0, width, height
-    x, y, w, h = spec.roi
-    if spec.roi_mode == "percent":
-        x, w = x * width / 100.0, w * width / 100.0
-        y, h = y * height / 100.0, h * height / 100.0
+    x, y, w, h = roi_to_pixels(spec.roi, spec.roi_mode == "percent", width, height)
     x0, y0 = max(0, min(width, round(x))), max(0, min(height, round(y)))
     x1, y1 = max(x0, min(width, round(x + w))), max(y0, min(height, round(y + h)))
     if x1 - x0 < 1 or y1 - y0 < 1:

@@ -1,7 +1,7 @@
 """The frame path's settings, typed, from the ``streams`` section of the configuration.
 
-Every default lives in ``lva_common.config.DEFAULTS``; this only reads and types them, so a
-partial section (a unit test's) gets the same defaults as the service.
+Every default lives in ``lva_common.config.DEFAULTS``; this only reads and types them
+(``config.section``), so a partial section (a unit test's) gets the same defaults as the service.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lva_common.config import DEFAULTS
+from lva_common.config import section
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,12 @@ class StreamSettings:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> StreamSettings:
-        section = {**DEFAULTS["streams"], **(config.get("streams") or {})}
+        streams = section(config, "streams")
         return cls(
-            open_timeout=float(section["open_timeout"]),
-            read_timeout=float(section["read_timeout"]),
-            probe_duration=float(section["probe_duration"]),
-            buffer_size=int(section["buffer_size"]),
-            subscriber_queue=int(section["subscriber_queue"]),
-            allowed_dirs=tuple(Path(d) for d in section["allowed_file_dirs"] or []),
+            open_timeout=float(streams["open_timeout"]),
+            read_timeout=float(streams["read_timeout"]),
+            probe_duration=float(streams["probe_duration"]),
+            buffer_size=int(streams["buffer_size"]),
+            subscriber_queue=int(streams["subscriber_queue"]),
+            allowed_dirs=tuple(Path(d) for d in streams["allowed_file_dirs"] or []),
         )
