@@ -14,19 +14,12 @@ of each of the age network's classes and the gender network's class labels.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+import lva_model_kit as kit
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from PIL import Image
-
-
-def providers() -> list[str]:
-    """The CUDA execution provider when this ONNX Runtime has one (a GPU build), else the CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 def crop_regions(boxes: np.ndarray, width: int, height: int, scale: float, shift: float) -> np.ndarray:
@@ -60,13 +53,8 @@ def chips(frame: np.ndarray, regions: np.ndarray, size: int) -> np.ndarray:
 class Network:
     """One of the package's networks with the preprocessing its manifest entry describes."""
 
-    def __init__(
-        self, directory: str, spec: dict[str, Any], options: ort.SessionOptions, provider_list: list[Any]
-    ):
-        path = os.path.join(directory, spec["artifact"]["filename"])
-        if not os.path.exists(path):
-            raise pb_utils.TritonModelException(f"{path} not found: run `make models`")
-        self.session = ort.InferenceSession(path, options, providers=provider_list)
+    def __init__(self, args: dict[str, str], spec: dict[str, Any], intra_op_threads: int) -> None:
+        self.session = kit.session(args, spec["artifact"]["filename"], intra_op_threads=intra_op_threads)
         self.input_name = spec["input"]["name"]
         self.output_name = spec["output"]["name"]
         _, channels, height, width = spec["input"]["shape"]
@@ -88,40 +76,25 @@ class Network:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        self.crop_scale = float(params["crop_scale"])
-        self.crop_shift = float(params["crop_shift"])
-        self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(
-                pb_utils.get_output_config_by_name(config, name)["data_type"]
-            )
-            for name in ("AGE", "GENDER")
-        }
-        directory = os.path.join(args["model_repository"], args["model_version"])
-        manifest_path = os.path.join(directory, "manifest.json")
-        if not os.path.exists(manifest_path):
-            raise pb_utils.TritonModelException(f"{manifest_path} not found: run `make models`")
-        with open(manifest_path) as f:
+        self.crop_scale = kit.parameter(config, "crop_scale", float)
+        self.crop_shift = kit.parameter(config, "crop_shift", float)
+        self.dtypes = kit.output_dtypes(config, ("AGE", "GENDER"))
+        with open(kit.model_file(args, "manifest.json")) as f:
             manifest = json.load(f)["models"]
 
         # The core reads the meaning of GENDER from the config; refuse to serve if the networks
         # beside it mean something else.
         labels = manifest["gender"]["labels"]
-        declared = params["gender_labels"].split(",")
+        declared = kit.parameter(config, "gender_labels").split(",")
         if labels != declared:
             raise pb_utils.TritonModelException(
                 f"manifest.json labels the gender classes {labels}, config.pbtxt declares {declared}"
             )
         self.age_weights = np.asarray(manifest["age"]["age_weights"], dtype=np.float32)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
-        provider_list: list[Any] = providers()
-        if "CUDAExecutionProvider" in provider_list and args.get("model_instance_kind") == "GPU":
-            device = int(args["model_instance_device_id"])
-            provider_list = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
-        self.age = Network(directory, manifest["age"], options, provider_list)
-        self.gender = Network(directory, manifest["gender"], options, provider_list)
+        threads = kit.parameter(config, "intra_op_threads", int, default=0)
+        self.age = Network(args, manifest["age"], threads)
+        self.gender = Network(args, manifest["gender"], threads)
         if self.age_weights.shape[0] != self.age.session.get_outputs()[0].shape[1]:
             raise pb_utils.TritonModelException(
                 "manifest.json age_weights do not match the age network's classes"
@@ -190,9 +163,7 @@ class TritonPythonModel:
         responses = []
         for index in range(len(requests)):
             if index in errors:
-                responses.append(
-                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[index]))
-                )
+                responses.append(kit.error_response(errors[index]))
                 continue
             mine = [result for owner, result in zip(owners, results, strict=True) if owner == index]
             age = np.stack([a for a, _ in mine])

@@ -14,11 +14,10 @@ centre offset and landmark offsets.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+import lva_model_kit as kit
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
@@ -129,39 +128,16 @@ def decode(
     return boxes[keep], scores[keep].astype(np.float32), points[keep]
 
 
-def providers() -> list[str]:
-    """The CUDA execution provider when this ONNX Runtime has one (a GPU build), else the CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        self.max_size = parse_size(params["input_size"])
-        self.max_detections = int(params["max_detections"])
-        self.score_threshold = float(params["score_threshold"])
-        self.iou_threshold = float(params["nms_iou_threshold"])
-        self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(
-                pb_utils.get_output_config_by_name(config, name)["data_type"]
-            )
-            for name in ("BOXES", "SCORES", "CLASSES", "COUNT", "LANDMARKS")
-        }
-
-        options = ort.SessionOptions()
-        # 0 lets ONNX Runtime use every core; with several instances per device, set it lower.
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
-        provider_list: list[Any] = providers()
-        if "CUDAExecutionProvider" in provider_list and args.get("model_instance_kind") == "GPU":
-            # Each GPU instance runs on the device Triton placed it on.
-            device = int(args["model_instance_device_id"])
-            provider_list = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
-        path = os.path.join(args["model_repository"], args["model_version"], "centerface.onnx")
-        if not os.path.exists(path):
-            raise pb_utils.TritonModelException(f"{path} not found: run `make models`")
-        self.session = ort.InferenceSession(path, options, providers=provider_list)
+        self.max_size = kit.parameter(config, "input_size", parse_size)
+        self.max_detections = kit.parameter(config, "max_detections", int)
+        self.score_threshold = kit.parameter(config, "score_threshold", float)
+        self.iou_threshold = kit.parameter(config, "nms_iou_threshold", float)
+        self.dtypes = kit.output_dtypes(config, ("BOXES", "SCORES", "CLASSES", "COUNT", "LANDMARKS"))
+        threads = kit.parameter(config, "intra_op_threads", int, default=0)
+        self.session = kit.session(args, "centerface.onnx", intra_op_threads=threads)
 
     def detect(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 ``[N, H, W, 3]`` -> the contract's padded outputs for the N frames."""
@@ -195,33 +171,20 @@ class TritonPythonModel:
         # The dynamic batcher only merges requests whose frames have the same H and W, so the
         # frames of all requests go through the network in one call. Should shapes differ
         # anyway (a request from a client that bypasses the batcher), group them by shape.
-        frames = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
-        results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
-        errors: list[str | None] = [None] * len(requests)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, batch in enumerate(frames):
+        frames: list[np.ndarray | None] = []
+        responses: list[Any] = [None] * len(requests)
+        for index, request in enumerate(requests):
+            batch = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             if batch.ndim != 4 or batch.shape[1] == 0 or batch.shape[2] == 0 or batch.shape[3] != 3:
-                errors[index] = f"IMAGE must be uint8 [N, H, W, 3] with H, W > 0, got {list(batch.shape)}"
+                message = f"IMAGE must be uint8 [N, H, W, 3] with H, W > 0, got {list(batch.shape)}"
+                responses[index] = kit.error_response(message)
+                frames.append(None)
             else:
-                groups.setdefault(batch.shape[1:3], []).append(index)
-        for members in groups.values():
-            out = self.detect(
-                np.concatenate([frames[i] for i in members]) if len(members) > 1 else frames[members[0]]
-            )
-            start = 0
-            for i in members:
-                stop = start + frames[i].shape[0]
-                results[i] = {name: value[start:stop] for name, value in out.items()}
-                start = stop
-        responses = []
-        for result, error in zip(results, errors, strict=True):
-            if result is None:
-                responses.append(
-                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
-                )
-            else:
-                tensors = [pb_utils.Tensor(name, value) for name, value in result.items()]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+                frames.append(batch)
+        for group in kit.group_by_shape(frames):
+            for index, outputs in group.split(self.detect(group.batch)):
+                tensors = [pb_utils.Tensor(name, value) for name, value in outputs.items()]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
     def finalize(self) -> None:

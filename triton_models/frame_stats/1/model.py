@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import lva_model_kit as kit
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -40,12 +41,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         # Output dtypes come from config.pbtxt so that the two cannot drift apart.
-        self.mean_dtype = pb_utils.triton_string_to_numpy(
-            pb_utils.get_output_config_by_name(config, "MEAN_RGB")["data_type"]
-        )
-        self.count_dtype = pb_utils.triton_string_to_numpy(
-            pb_utils.get_output_config_by_name(config, "COUNT")["data_type"]
-        )
+        self.dtypes = kit.output_dtypes(config, ("MEAN_RGB", "COUNT"))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # With dynamic batching one call carries several requests; each gets its own response,
@@ -54,11 +50,11 @@ class TritonPythonModel:
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             if images.shape[1] == 0 or images.shape[2] == 0:
-                error = pb_utils.TritonError(f"IMAGE must not be empty, got shape {list(images.shape)}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                message = f"IMAGE must not be empty, got shape {list(images.shape)}"
+                responses.append(kit.error_response(message))
                 continue
-            mean_rgb = channel_means(images).astype(self.mean_dtype)
-            count = np.ones((images.shape[0], 1), dtype=self.count_dtype)
+            mean_rgb = channel_means(images).astype(self.dtypes["MEAN_RGB"])
+            count = np.ones((images.shape[0], 1), dtype=self.dtypes["COUNT"])
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("MEAN_RGB", mean_rgb), pb_utils.Tensor("COUNT", count)]

@@ -15,11 +15,10 @@ the network, and doing it here would need an image library in the Triton environ
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+import lva_model_kit as kit
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 ONNX_FILE = "ssdlite.onnx"
@@ -30,77 +29,48 @@ GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_detections"]
 GRAPH_CLASS_TO_LABEL = {1: 0}
 
 
-def _parameter(config: dict[str, Any], key: str) -> str:
-    try:
-        return str(config["parameters"][key]["string_value"])
-    except KeyError:
-        raise pb_utils.TritonModelException(f"config.pbtxt lacks the parameter {key!r}") from None
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.labels = [label.strip() for label in _parameter(config, "labels").split(",")]
-        self.max_detections = int(_parameter(config, "max_detections"))
-        self.score_threshold = float(_parameter(config, "score_threshold"))
+        self.labels = [label.strip() for label in kit.parameter(config, "labels").split(",")]
+        self.max_detections = kit.parameter(config, "max_detections", int)
+        self.score_threshold = kit.parameter(config, "score_threshold", float)
         if self.max_detections < 1:
             raise pb_utils.TritonModelException(f"max_detections must be >= 1, got {self.max_detections}")
         if max(GRAPH_CLASS_TO_LABEL.values()) >= len(self.labels):
             raise pb_utils.TritonModelException(f"labels {self.labels} too short for {GRAPH_CLASS_TO_LABEL}")
 
-        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
-        if not path.exists():
-            raise pb_utils.TritonModelException(f"{path} not found: run `make models`")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=self._providers(args))
-        pb_utils.Logger.log_info(f"person_detector: {path.name} on {self.session.get_providers()[0]}")
+        self.session = kit.session(args, ONNX_FILE)
+        pb_utils.Logger.log_info(f"person_detector: {ONNX_FILE} on {self.session.get_providers()[0]}")
         # The first run allocates and plans; doing it now keeps it off the first real request.
         self.session.run(GRAPH_OUTPUTS, {GRAPH_INPUT: np.zeros((1, 300, 300, 3), np.uint8)})
-
-    @staticmethod
-    def _providers(args: dict[str, str]) -> list[Any]:
-        # Triton makes an instance KIND_GPU when the config names no kind and there is a GPU, so
-        # this is "CUDA when available"; an explicit KIND_CPU is respected. onnxruntime-gpu lists
-        # the CUDA provider even on machines without a GPU, hence the check of the kind as well.
-        if (
-            args.get("model_instance_kind") == "GPU"
-            and "CUDAExecutionProvider" in ort.get_available_providers()
-        ):
-            device = int(args.get("model_instance_device_id", "0"))
-            return [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # One call carries several requests under dynamic batching. Requests whose frames have
         # the same size (the usual case: one camera, or several alike) run as one ONNX batch;
         # other sizes run separately, since a batch must be rectangular.
         responses: list[Any] = [None] * len(requests)
-        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        frames: list[np.ndarray | None] = []
         for index, request in enumerate(requests):
             images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             if images.shape[1] == 0 or images.shape[2] == 0:
-                error = pb_utils.TritonError(f"IMAGE must not be empty, got shape {list(images.shape)}")
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
-                continue
-            groups.setdefault((images.shape[1], images.shape[2]), []).append((index, images))
+                message = f"IMAGE must not be empty, got shape {list(images.shape)}"
+                responses[index] = kit.error_response(message)
+                frames.append(None)
+            else:
+                frames.append(images)
 
-        for members in groups.values():
-            batch = np.concatenate([images for _, images in members]) if len(members) > 1 else members[0][1]
+        for group in kit.group_by_shape(frames):
             try:
-                outputs = self._detect(np.ascontiguousarray(batch))
+                outputs = self._detect(np.ascontiguousarray(group.batch))
             # An ONNX Runtime failure fails these requests only, not the others of the batch.
             except Exception as exc:
-                for index, _ in members:
-                    error = pb_utils.TritonError(f"person_detector inference failed: {exc}")
-                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                for index in group.members:
+                    responses[index] = kit.error_response(f"person_detector inference failed: {exc}")
                 continue
-            start = 0
-            for index, images in members:
-                stop = start + images.shape[0]
-                tensors = [pb_utils.Tensor(name, array[start:stop]) for name, array in outputs.items()]
+            for index, rows in group.split(outputs):
+                tensors = [pb_utils.Tensor(name, array) for name, array in rows.items()]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
-                start = stop
         return responses
 
     def _detect(self, images: np.ndarray) -> dict[str, np.ndarray]:
