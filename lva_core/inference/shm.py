@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from lva_core.runtime import procfs
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "lva_"
 _NAME = re.compile(rf"^{PREFIX}(\d+)_\d+$")
@@ -56,7 +58,7 @@ def owner_is_dead(name: str) -> bool:
     if match is None:
         return False
     pid = int(match.group(1))
-    return pid != os.getpid() and not Path(f"/proc/{pid}").exists()
+    return pid != os.getpid() and not procfs.exists(pid)
 
 
 def cleanup_dead_regions() -> list[Path]:

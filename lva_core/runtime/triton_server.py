@@ -35,6 +35,7 @@ import tritonclient.grpc.aio as grpcclient
 
 from lva_common.errors import TRITON_UNAVAILABLE, LunaError
 from lva_common.signals import stop_event
+from lva_core.runtime import procfs
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,6 @@ _ERROR_LINE = re.compile(r"^E\d{4} ")
 _CPU_NOISE = ("CudaDriverHelper has not been initialized",)
 
 
-def _mapped_paths() -> set[str]:
-    """Every file path that some live process maps (as far as /proc lets us read)."""
-    mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            text = maps.read_text(errors="replace")
-        except OSError:
-            # The process exited while we walked /proc, or it is another user's and unreadable:
-            # its regions are then that user's files, which the sticky /dev/shm stops us deleting.
-            continue
-        for line in text.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6:
-                mapped.add(fields[5].removesuffix(" (deleted)"))
-    return mapped
-
-
 def cleanup_stale_shm(
     min_age: float = STARTUP_SHM_GRACE_S, paths: Iterable[Path] | None = None
 ) -> list[Path]:
@@ -80,7 +64,9 @@ def cleanup_stale_shm(
     candidates = sorted(SHM_DIR.glob(SHM_PREFIX + "*")) if paths is None else list(paths)
     if not candidates:
         return []
-    mapped = _mapped_paths()
+    # Every readable process; another user's unreadable maps hide only regions that are that
+    # user's files, which the sticky /dev/shm stops us deleting anyway.
+    mapped = procfs.mapped_paths()
     now = time.time()
     uid = os.getuid()
     removed: list[Path] = []
@@ -102,52 +88,7 @@ def cleanup_stale_shm(
 
 
 def _shm_regions_of(pids: Iterable[int]) -> set[Path]:
-    regions: set[Path] = set()
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/maps").read_text(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6:
-                path = fields[5].removesuffix(" (deleted)")
-                if path.startswith(f"{SHM_DIR}/{SHM_PREFIX}"):
-                    regions.add(Path(path))
-    return regions
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat from the state on (field 3), or None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    return text[text.rfind(")") + 2 :].split()
-
-
-def _identity(pid: int) -> str | None:
-    """The process's start time (field 22): with the pid it names one process, despite pid reuse."""
-    fields = _stat_fields(pid)
-    return fields[19] if fields is not None and len(fields) > 19 else None
-
-
-def _children_of(pid: int) -> dict[int, str]:
-    """Direct children of ``pid`` (the backend stubs of a tritonserver), with their identities."""
-    children: dict[int, str] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        child = int(stat.parent.name)
-        fields = _stat_fields(child)
-        if fields is not None and len(fields) > 19 and fields[1] == str(pid):
-            children[child] = fields[19]
-    return children
-
-
-def _still_running(pid: int, identity: str) -> bool:
-    fields = _stat_fields(pid)
-    # A zombie has already let go of its mappings: it counts as gone.
-    return fields is not None and len(fields) > 19 and fields[19] == identity and fields[0] != "Z"
+    return procfs.mapped_under(f"{SHM_DIR}/{SHM_PREFIX}", pids)
 
 
 # Run by the Triton environment's python in the child, then replaced by tritonserver (same pid).
@@ -354,24 +295,24 @@ class LocalTriton:
         self._proc = None
 
     def _remember_tree(self, pid: int) -> None:
-        self._stubs.update(_children_of(pid))
+        self._stubs.update(procfs.children(pid))
         self._regions.update(_shm_regions_of([pid, *self._stubs]))
 
     async def _reap_stubs(self, grace: float = 3.0) -> None:
         # A stub notices a dead server by polling, and while it lives it keeps its region
         # mapped; after SIGKILL of the server it may linger, so it is waited for, then killed.
         deadline = time.monotonic() + grace
-        alive = {pid: ident for pid, ident in self._stubs.items() if _still_running(pid, ident)}
+        alive = {pid: ident for pid, ident in self._stubs.items() if procfs.running(pid, ident)}
         while alive and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            alive = {pid: ident for pid, ident in alive.items() if _still_running(pid, ident)}
+            alive = {pid: ident for pid, ident in alive.items() if procfs.running(pid, ident)}
         for pid in alive:
             log.warning("Triton backend stub %d outlived its server: killing it", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         while alive and time.monotonic() < deadline + 1.0:
             await asyncio.sleep(0.05)
-            alive = {pid: ident for pid, ident in alive.items() if _still_running(pid, ident)}
+            alive = {pid: ident for pid, ident in alive.items() if procfs.running(pid, ident)}
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server wrote (from the log file when there is one)."""
