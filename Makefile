@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
+.PHONY: run test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -70,7 +70,7 @@ reliability: $(VENV)/.installed triton-env lva/__init__.py docs models
 
 # The sample clip: real photographs from scikit-image, animated and encoded with PyAV.
 sample: var/sample.mp4
-var/sample.mp4: $(VENV)/.installed tools/make_sample_clip.py
+var/sample.mp4: $(VENV)/.installed tools/make_sample_clip.py lva_testkit/clips.py
 	$(PY) tools/make_sample_clip.py var/sample.mp4
 
 # Generated code is committed; this only regenerates it when lva/ is missing altogether.
@@ -79,6 +79,11 @@ lva/__init__.py:
 
 test: $(VENV)/.installed triton-env lva/__init__.py docs models
 	$(PY) -m pytest -ra
+
+# The fast subset: every test not marked e2e, so no Triton, core or facade process is started
+# (tests/conftest.py sets the marker). Some still use .venv-triton's ONNX Runtime, without a server.
+test-unit: $(VENV)/.installed lva/__init__.py
+	$(PY) -m pytest -ra -m "not e2e"
 
 run: $(VENV)/.installed triton-env lva/__init__.py docs models var/sample.mp4
 	$(PY) -m lva_core.runtime.stack

@@ -21,10 +21,11 @@ import numpy as np
 
 from benchmarks import profile
 from benchmarks.api import PROBE, Api, Watcher, people_counter, stream_body, subscribe, timestamp
-from benchmarks.stack import Stack, TritonProbe
+from benchmarks.stack import TritonProbe
 from benchmarks.stats import median, percentile, rnd, slope, summary
-from tests.helpers import REPO
-from tests.rtsp_server import RtspServer
+from lva_testkit.paths import REPO
+from lva_testkit.rtsp_server import RtspServer
+from lva_testkit.stack import Stack
 
 PROBE_MODEL = "frame_stats"
 DETECTOR_MODEL = "person_detector"
@@ -417,7 +418,7 @@ async def live_latency(ctx: Context) -> dict[str, Any]:
         )
     return {
         "method": (
-            "N live 720p25 RTSP cameras (tests/rtsp_server.py, a media per client: out of phase), "
+            "N live 720p25 RTSP cameras (lva_testkit/rtsp_server.py, a media per client: out of phase), "
             f"every {every}th frame (5 fps) analysed by pipeline_probe; for every event, receipt time "
             "on the WebSocket minus the frame's decoded_at_wall. Added latency = that minus the "
             "model's compute time per execution (Triton compute_infer / executions over the same "

@@ -31,13 +31,13 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from benchmarks import measures, procs
+from benchmarks import measures
 from benchmarks.api import Api
 from benchmarks.plot import plot
 from benchmarks.stack import CACHE, TritonProbe, cached_clip, start_stack
-from tests.helpers import REPO
-from tests.rtsp_server import RtspServer
-from tests.rtsp_server import available as rtsp_available
+from lva_testkit.paths import REPO
+from lva_testkit.rtsp_server import RtspServer
+from lva_testkit.rtsp_server import available as rtsp_available
 
 KEEP_LOGS = 10
 PACKAGES = ("luna-video-agent", "av", "numpy", "grpcio", "protobuf", "aiohttp", "tritonclient", "matplotlib")
@@ -98,6 +98,10 @@ def _cpu_model() -> str | None:
     return None
 
 
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def _triton_env_versions() -> dict[str, str]:
     found: dict[str, str] = {}
     for info in sorted((REPO / ".venv-triton").glob("lib/python*/site-packages/*.dist-info")):
@@ -126,7 +130,7 @@ def machine_info() -> dict[str, Any]:
         "triton_env": _triton_env_versions(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
-        "load_average_start": procs.load_average(),
+        "load_average_start": load_average(),
     }
 
 
@@ -151,7 +155,6 @@ async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tup
     prune_logs(CACHE / "logs", keep=KEEP_LOGS - 1)
     stack = await asyncio.to_thread(start_stack, log_dir)
     results["logs"] = str(log_dir.relative_to(REPO))
-    results["pipeline_probe_registered_by"] = "plugin_site" if stack.probe_from_plugin_site else "package"
     cameras: RtspServer | None = None
     ctx: measures.Context | None = None
     ok = True
@@ -200,7 +203,7 @@ async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tup
             cameras.stop()
         await asyncio.to_thread(stack.stop)
     results["rtsp_server_restarts"] = ctx.camera_restarts if ctx is not None else None
-    results["machine"]["load_average_end"] = procs.load_average()
+    results["machine"]["load_average_end"] = load_average()
     results["duration_s"] = round(time.monotonic() - started, 1)
     derive(results)
     results["summary"] = summarize(results)

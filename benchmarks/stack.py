@@ -1,119 +1,42 @@
-"""The real stack under test: Triton, core and facade as processes on free ports, as the tests start them.
+"""The stack the benchmarks measure, and what they read from its Triton.
 
 The suite measures the services as they are deployed (separate processes talking gRPC and
-WebSocket), not objects inside the benchmark's interpreter, so ``tests/helpers.py`` starts them
-exactly as the end-to-end tests do, with the default configuration. The benchmark process is a
-client like any other: it creates streams over REST and reads events from ``/1/ws``.
+WebSocket), not objects inside the benchmark's interpreter, so the test kit's launcher
+(lva_testkit/stack.py) starts them exactly as the end-to-end tests do, with the default
+configuration. The benchmark process is a client like any other: it creates streams over REST
+and reads events from ``/1/ws``.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import tritonclient.grpc.aio as grpcclient
 
-from benchmarks import procs
-from tests.helpers import REPO, Service, start_core, start_facade, start_triton
-from tools.make_sample_clip import make_clip
+from lva_testkit import clips
+from lva_testkit.paths import REPO
+from lva_testkit.stack import Stack
+from lva_testkit.stack import start_stack as start_services
 
 CACHE = REPO / "benchmarks" / ".cache"
-PROBE_ENTRY_POINT = "pipeline_probe = lva_core.analytics.pipeline_probe:PipelineProbe"
 
 
 def cached_clip(seconds: float, fps: int = 25, size: tuple[int, int] = (1280, 720)) -> Path:
-    """A sample clip (tools/make_sample_clip.py) of this length and size, built once and kept.
-
-    make_clip is deterministic, so a clip in the cache is the clip these arguments give.
-    """
-    path = CACHE / f"clip-{size[0]}x{size[1]}-{fps}fps-{seconds:g}s.mp4"
-    if not path.exists():
-        partial = path.with_name(path.stem + ".partial.mp4")
-        make_clip(partial, seconds=seconds, fps=fps, size=size)
-        partial.with_name(partial.name + ".truth.json").replace(path.with_name(path.name + ".truth.json"))
-        partial.replace(path)
-    return path
-
-
-def probe_plugin_site() -> Path | None:
-    """A plugin folder that registers pipeline_probe, when the installed package does not yet.
-
-    Analytics are discovered through the ``lva.analytics`` entry points of installed
-    distributions. Until pyproject.toml lists pipeline_probe (and the package is reinstalled),
-    a ``*.dist-info`` with that one entry point on the core's PYTHONPATH registers it, the way
-    tests/fixtures/plugin_site registers the test plugins. None when it is already registered.
-    """
-    if any(ep.name == "pipeline_probe" for ep in entry_points(group="lva.analytics")):
-        return None
-    site = CACHE / "plugin_site"
-    info = site / "lva_bench_probe-0.0.0.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lva-bench-probe\nVersion: 0.0.0\n")
-    (info / "entry_points.txt").write_text(f"[lva.analytics]\n{PROBE_ENTRY_POINT}\n")
-    return site
-
-
-@dataclass
-class Stack:
-    triton: Service
-    core: Service
-    facade: Service
-    log_dir: Path
-    probe_from_plugin_site: bool
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.facade.address}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.facade.address}/1/ws"
-
-    @property
-    def core_metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.core.metrics_port}/metrics"
-
-    def services(self) -> dict[str, Service]:
-        return {"core": self.core, "facade": self.facade, "triton": self.triton}
-
-    def rss_kib(self) -> dict[str, int]:
-        """Resident memory of each service's process tree (Triton: server and backend stubs)."""
-        return {name: procs.tree_rss_kib(s.proc.pid) for name, s in self.services().items()}
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {name: procs.tree_cpu_seconds(s.proc.pid) for name, s in self.services().items()}
-
-    def stop(self) -> None:
-        for service in (self.facade, self.core, self.triton):
-            service.stop(signal.SIGTERM)
+    """A sample clip of this length and size in the cache, built once and kept."""
+    return clips.cached_clip(CACHE, seconds, fps, size)
 
 
 def start_stack(log_dir: Path) -> Stack:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    site = probe_plugin_site()
-    triton = start_triton(log_dir)
-    try:
-        # The benchmark's clips live in the cache: the one directory its streams read files from.
-        # No rate limit on stream creation: the create/delete cycles make streams faster than
-        # the default allows, and what they measure is the agent, not its limiter.
-        env = {
-            "LVA_STREAMS__ALLOWED_FILE_DIRS": json.dumps([str(CACHE.resolve())]),
-            "LVA_STREAMS__CREATE_RATE__PER_SECOND": "0",
-        }
-        core = start_core(log_dir, triton.address, {**env, "PYTHONPATH": str(site)} if site else env)
-        try:
-            facade = start_facade(log_dir, core.address)
-        except BaseException:
-            core.stop()
-            raise
-    except BaseException:
-        triton.stop()
-        raise
-    return Stack(triton, core, facade, log_dir, site is not None)
+    # The benchmark's clips live in the cache: the one directory its streams read files from.
+    # No rate limit on stream creation: the create/delete cycles make streams faster than
+    # the default allows, and what they measure is the agent, not its limiter.
+    env = {
+        "LVA_STREAMS__ALLOWED_FILE_DIRS": json.dumps([str(CACHE.resolve())]),
+        "LVA_STREAMS__CREATE_RATE__PER_SECOND": "0",
+    }
+    return start_services(log_dir, core_settings=env)
 
 
 # ---- Triton's statistics ----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The stack the reliability suite breaks: its own Triton, core, facade and two RTSP cameras.
 
-Everything is started as the end-to-end tests start it (tests/helpers.py), on free ports, so
+Everything is started as the end-to-end tests start it (lva_testkit/stack.py), on free ports, so
 that killing any part of it leaves every other stack on the machine alone. Two cameras: the
 *witness* camera feeds the healthy streams whose event rate must survive every fault, the
 *fault* camera is the one that gets killed and frozen.
@@ -27,13 +27,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from benchmarks import procs
 from benchmarks.api import PROBE, Api, Watcher, stream_body
-from benchmarks.stack import Stack
+from lva_core.runtime import procfs
+from lva_testkit import clips
+from lva_testkit.rtsp_server import RtspServer
+from lva_testkit.stack import Stack, start_core, start_stack, start_triton
 from reliability import census
-from tests.helpers import start_core, start_facade, start_triton
-from tests.rtsp_server import RtspServer
-from tools.make_sample_clip import make_clip
 
 CLIP_SIZE = (320, 180)
 CLIP_FPS = 25
@@ -163,14 +162,14 @@ class Bench:
         cannot remove its Python backend's regions. They are a figure of the fault; the caller
         removes them, so that repeated runs do not fill /dev/shm.
         """
-        pids = procs.tree(self.stack.triton.proc.pid)
+        pids = procfs.tree(self.stack.triton.proc.pid)
         mapped = census.mapped_shm(pids)
         for pid in reversed(pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.stack.triton.stop()
         deadline = time.monotonic() + 5
-        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        while any(procfs.exists(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Not the core's regions (Triton maps those too): they are the core's to keep.
         own = [path for path in mapped if not path.name.startswith(census.SHM_PREFIX)]
@@ -198,10 +197,7 @@ class Bench:
 
 
 def clip(directory: Path, name: str, seconds: float) -> Path:
-    path = directory / name
-    if not path.exists():
-        make_clip(path, seconds=seconds, fps=CLIP_FPS, size=CLIP_SIZE)
-    return path
+    return clips.clip(directory, name, seconds, size=CLIP_SIZE, fps=CLIP_FPS)
 
 
 async def start_bench(log_dir: Path, http: aiohttp.ClientSession) -> Bench:
@@ -215,20 +211,15 @@ async def start_bench(log_dir: Path, http: aiohttp.ClientSession) -> Bench:
     # other client.
     witness_camera = RtspServer(live, log_dir / "rtsp-witness.log", shared=False)
     fault_camera = RtspServer(live, log_dir / "rtsp-fault.log")
-    started: list[Any] = []
+    started: list[RtspServer] = []
     try:
         for camera in (witness_camera, fault_camera):
             started.append(await asyncio.to_thread(camera.start))
-        triton = await asyncio.to_thread(start_triton, log_dir, None, 120)
-        started.append(triton)
-        core = await asyncio.to_thread(start_core, log_dir, triton.address, CORE_ENV)
-        started.append(core)
-        facade = await asyncio.to_thread(start_facade, log_dir, core.address, FACADE_ENV)
+        stack = await asyncio.to_thread(start_stack, log_dir, CORE_ENV, FACADE_ENV, 120)
     except BaseException:
         for part in reversed(started):
             part.stop()
         raise
-    stack = Stack(triton, core, facade, log_dir, probe_from_plugin_site=False)
     api = Api(http, stack.base_url, stack.ws_url)
     return Bench(stack, api, http, witness_camera, fault_camera, clips)
 

@@ -1,10 +1,11 @@
 """A resource census of a running service: what a leak would make grow, counted.
 
-From the kernel (/proc), for any process: threads (native ones included: gRPC's, FFmpeg's
-decoder threads), open file descriptors, live descendant processes and resident memory; and
-the /dev/shm regions the core created (``lva_<pid>_<n>``, lva_core/inference/shm.py). From
-the core's own ``/metrics``: its unfinished asyncio tasks, its Python threads by kind (a
-``decode`` thread per running stream) and its event subscribers.
+From the kernel (/proc, read by lva_core/runtime/procfs.py), for any process: threads (native
+ones included: gRPC's, FFmpeg's decoder threads), open file descriptors, live descendant
+processes and resident memory; and the /dev/shm regions the core created (``lva_<pid>_<n>``,
+lva_core/inference/shm.py). From the core's own ``/metrics`` (read with prometheus_client's
+parser): its unfinished asyncio tasks, its Python threads by kind (a ``decode`` thread per
+running stream) and its event subscribers.
 
 Counts are compared with a baseline taken after a warm-up, because some pools are created
 lazily and then kept on purpose: the default executor of ``asyncio.to_thread`` grows up to
@@ -23,10 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import procs
+from prometheus_client.parser import text_string_to_metric_families
+
+from lva_core.runtime import procfs
 
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "lva_"  # lva_core.inference.shm.PREFIX: not imported, so that this runs without the core's deps
+# lva_core.inference.shm.PREFIX: not imported, as that module needs numpy; procfs needs nothing.
+SHM_PREFIX = "lva_"
 EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 # How much each count may exceed its baseline once settled, and why.
@@ -50,13 +54,6 @@ SLACK: dict[str, int] = {
 }
 
 
-def _count_dir(path: str) -> int:
-    try:
-        return len(os.listdir(path))
-    except OSError:
-        return 0
-
-
 def shm_regions(pid: int | None = None) -> list[str]:
     """Names of the core's regions in /dev/shm: of ``pid``, or of every core when None."""
     prefix = f"{SHM_PREFIX}{pid}_" if pid is not None else SHM_PREFIX
@@ -68,53 +65,49 @@ def orphan_shm_regions() -> list[str]:
     orphans = []
     for name in shm_regions():
         pid = name[len(SHM_PREFIX) :].split("_", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not procfs.exists(int(pid)):
             orphans.append(name)
     return orphans
 
 
 def mapped_shm(pids: list[int]) -> set[Path]:
     """The /dev/shm files any of ``pids`` has mapped."""
-    found = set()
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path
-            path = fields[5] if len(fields) == 6 else ""
-            if path.startswith(f"{SHM_DIR}/"):
-                found.add(Path(path.removesuffix(" (deleted)")))
-    return found
+    return procfs.mapped_under(f"{SHM_DIR}/", pids)
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text as {'name{labels}': value}, comments dropped."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        try:
-            values[key] = float(value)
-        except ValueError:
-            continue
-    return values
+class Metrics:
+    """One scrape of a Prometheus text page: its samples, summed by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = [
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
+        ]
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the samples called ``name`` (a counter's ``..._total``) that carry ``labels``."""
+        return sum(
+            sample.value
+            for sample in self.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def value(self, name: str, default: float) -> float:
+        """The sample called ``name`` without labels, or ``default`` when the page has none."""
+        return next((s.value for s in self.samples if s.name == name and not s.labels), default)
 
 
-def scrape(port: int, timeout: float = 5.0) -> dict[str, float]:
+def scrape(port: int, timeout: float = 5.0) -> Metrics:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-        return parse_metrics(resp.read().decode())
+        return Metrics(resp.read().decode())
 
 
 def process_census(pid: int) -> dict[str, int]:
     """What the kernel says about one process (zeros when it is gone)."""
     return {
-        "threads": _count_dir(f"/proc/{pid}/task"),
-        "fds": _count_dir(f"/proc/{pid}/fd"),
-        "children": max(0, len(procs.tree(pid)) - 1),
-        "rss_kib": procs.rss_kib(pid),
+        "threads": procfs.thread_count(pid),
+        "fds": procfs.fd_count(pid),
+        "children": max(0, len(procfs.tree(pid)) - 1),
+        "rss_kib": procfs.rss_kib(pid),
     }
 
 
@@ -123,11 +116,11 @@ def core_census(pid: int, metrics_port: int) -> dict[str, int]:
     census = process_census(pid)
     census["shm_regions"] = len(shm_regions(pid))
     metrics = scrape(metrics_port)
-    census["tasks"] = int(metrics.get("lva_core_asyncio_tasks", -1))
-    census["python_threads"] = int(sum(v for k, v in metrics.items() if k.startswith("lva_core_threads{")))
+    census["tasks"] = int(metrics.value("lva_core_asyncio_tasks", -1))
+    census["python_threads"] = int(metrics.total("lva_core_threads"))
     census["native_threads"] = census["threads"] - census["python_threads"]
-    census["decode_threads"] = int(metrics.get('lva_core_threads{kind="decode"}', 0))
-    census["subscribers"] = int(sum(v for k, v in metrics.items() if k.startswith("lva_event_subscribers{")))
+    census["decode_threads"] = int(metrics.total("lva_core_threads", kind="decode"))
+    census["subscribers"] = int(metrics.total("lva_event_subscribers"))
     return census
 
 

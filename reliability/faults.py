@@ -135,8 +135,7 @@ async def rtsp_freeze(bench: Bench, repeats: int) -> dict[str, Any]:
 
 
 def _inference_errors(bench: Bench) -> float:
-    metrics = census.scrape(bench.stack.core.metrics_port)
-    return sum(v for k, v in metrics.items() if k.startswith("lva_inference_errors_total{"))
+    return census.scrape(bench.stack.core.metrics_port).total("lva_inference_errors_total")
 
 
 async def _errors_above(bench: Bench, before: float) -> bool:
@@ -266,8 +265,9 @@ async def core_restart(bench: Bench, repeats: int) -> dict[str, Any]:
 
 
 def _subscribers(bench: Bench, stream_id: str) -> int:
-    metrics = census.scrape(bench.stack.core.metrics_port)
-    return int(metrics.get(f'lva_event_subscribers{{stream_id="{stream_id}"}}', 0))
+    return int(
+        census.scrape(bench.stack.core.metrics_port).total("lva_event_subscribers", stream_id=stream_id)
+    )
 
 
 async def ws_stall(bench: Bench, repeats: int) -> dict[str, Any]:

@@ -26,10 +26,10 @@ from typing import Any
 
 import aiohttp
 
+from lva_testkit.paths import REPO
 from reliability.bench import start_bench
 from reliability.churn import churn
 from reliability.faults import FAULTS, Sizes, brief, run_fault
-from tests.helpers import REPO
 
 RESULTS = REPO / "reliability" / "results"
 LOGS = REPO / "reliability" / ".cache" / "logs"

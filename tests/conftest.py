@@ -1,4 +1,11 @@
-"""Shared fixtures: one real Triton, core and facade per test session, started as processes."""
+"""Session fixtures: one real Triton, core and facade per test session, started as processes.
+
+They are started only when a test asks for one (``pytest -m "not e2e"`` never does). The ``e2e``
+marker goes on every test under the folders whose tests start real services, and on any other
+test that uses one of the session's services, so that the marker never depends on someone
+remembering to write it. tests/unit/ starts no service process: a test there that asks for one
+of the session's services is refused at collection, rather than marked.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,34 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import REPO, Service, start_core, start_facade, start_triton
+from lva_testkit.stack import Service, start_core, start_facade, start_triton
+
+TESTS = Path(__file__).resolve().parent
+PLUGIN_SITE = TESTS / "fixtures" / "plugin_site"
+# Folders whose every test starts Triton, a core or a facade (or the whole stack) as processes.
+E2E_FOLDERS = ("e2e", "triton", "models", "reliability", "bench")
+# The session's services: a test that uses any of them is end to end wherever it lives.
+SERVICE_FIXTURES = {"triton", "core", "facade"}
 
 SECRET_TOKEN = "s3cr3t-token-value"
 CAMERA_URL = "rtsp://admin:hunter2@127.0.0.1:8554/cam"
-PLUGIN_SITE = REPO / "tests" / "fixtures" / "plugin_site"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    e2e_dirs = [TESTS / name for name in E2E_FOLDERS]
+    for item in items:
+        services = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if services and item.path.is_relative_to(TESTS / "unit"):
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(services)}: not a unit test")
+        in_e2e_dir = any(item.path.is_relative_to(folder) for folder in e2e_dirs)
+        if (in_e2e_dir or services) and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def secret_token() -> str:
+    """The facade's bearer token in the session's stack: no answer or log may show it."""
+    return SECRET_TOKEN
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ the version directory (and the model directory) on ``sys.path`` before it import
 ``import lva_model_kit`` finds the copy, and a model directory copied anywhere, NVIDIA's Triton
 container included, works as it is, each version with the kit it was written against. Edit the
 source, never a copy, then run ``python tools/sync_model_kit.py``;
-``tests/test_triton_model_kit.py`` fails while a copy differs.
+``tests/models/test_triton_model_kit.py`` fails while a copy differs.
 
 Only numpy and the stub's ``triton_python_backend_utils`` are imported here: ONNX Runtime is
 imported by the functions that use it, so a model without a network (frame_stats) does not need it.

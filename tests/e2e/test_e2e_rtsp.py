@@ -1,0 +1,258 @@
+"""Live RTSP sources through the real stack: a real GStreamer RTSP server, killed, frozen, late."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lva_testkit.clips import clip
+from lva_testkit.ports import free_port
+from lva_testkit.rtsp_server import RtspServer
+from lva_testkit.stack import Service
+from lva_testkit.streams import EVERY_FRAME_COUNTER, create, get, read_ws, wait_status
+
+RESTART = {"restart": 1, "attempt_count": 30, "delay": 0.5}
+
+
+def live_stream(url: str) -> dict[str, object]:
+    return {
+        "name": "camera",
+        "data": {
+            "reference": url,
+            "type": "stream",
+            "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
+        },
+        "analytics": EVERY_FRAME_COUNTER,
+        "autorestart": RESTART,
+    }
+
+
+@pytest.fixture(scope="module")
+def live_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clip(tmp_path_factory.mktemp("rtsp"), "live.mp4", seconds=4.0)
+
+
+@pytest.fixture
+def rtsp(live_clip: Path, log_dir: Path) -> Iterator[RtspServer]:
+    server = RtspServer(live_clip, log_dir / f"rtsp-{time.monotonic_ns()}.log")
+    yield server
+    server.stop()
+
+
+async def _processed(http: aiohttp.ClientSession, base_url: str, stream_id: str) -> int:
+    return int((await get(http, base_url, stream_id))["statistics"]["frames_processed"])
+
+
+async def _wait_processing(
+    http: aiohttp.ClientSession, base_url: str, stream_id: str, timeout: float = 30
+) -> int:
+    start = await _processed(http, base_url, stream_id)
+    deadline = time.monotonic() + timeout
+    while (now := await _processed(http, base_url, stream_id)) <= start:
+        assert time.monotonic() < deadline, "no frames processed"
+        await asyncio.sleep(0.3)
+    return now
+
+
+async def _delete(http: aiohttp.ClientSession, base_url: str, stream_id: str) -> None:
+    async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+        assert resp.status == 204
+
+
+async def test_killed_server_restarts_and_recovers(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer
+) -> None:
+    rtsp.start()
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+    await _wait_processing(http, base_url, stream_id)
+    rtsp.stop()
+    lost = await wait_status(http, base_url, stream_id, {"restart"}, 10)
+    assert lost["error"]
+    rtsp.start()  # the same address, the stream untouched
+    back = await wait_status(http, base_url, stream_id, {"in_progress"}, 40)
+    assert back["statistics"]["reconnects"] >= 1 and back["error"] is None
+    await _wait_processing(http, base_url, stream_id)
+    await _delete(http, base_url, stream_id)
+
+
+async def test_frozen_server_is_detected_within_the_timeout(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer
+) -> None:
+    rtsp.start()
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+    await _wait_processing(http, base_url, stream_id)
+    rtsp.freeze()
+    frozen_at = time.monotonic()
+    lost = await wait_status(http, base_url, stream_id, {"restart"}, 15)
+    detected_after = time.monotonic() - frozen_at
+    assert detected_after < 5.0 + 4.0  # streams.read_timeout (5 s) plus polling slack
+    assert "timeout" in lost["error"]
+    rtsp.thaw()
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 40)
+    await _delete(http, base_url, stream_id)
+
+
+async def test_stream_created_while_server_is_down_comes_up(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer
+) -> None:
+    rtsp.port = free_port()  # nothing listens there yet
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    waiting = await wait_status(http, base_url, stream_id, {"restart"}, 10)
+    assert "connection_refused" in waiting["error"]
+    rtsp.start()
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 40)
+    await _wait_processing(http, base_url, stream_id)
+    await _delete(http, base_url, stream_id)
+
+
+def _stalled_ws_client(address: str, path: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads a byte."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert b"101" in sock.recv(12)
+    return sock
+
+
+async def test_slow_ws_client_does_not_delay_a_fast_one(
+    http: aiohttp.ClientSession, base_url: str, facade: Service, live_clip: Path
+) -> None:
+    body = {
+        "data": {
+            "reference": str(live_clip),
+            "type": "videofile",
+            "frame_processing": {"rate": {"period": 1}},
+        },
+        "analytics": EVERY_FRAME_COUNTER,
+        "status": "pause",
+    }
+    stream_id = await create(http, base_url, body)
+    slow = _stalled_ws_client(facade.address, f"/1/ws?stream_id={stream_id}")
+    try:
+        fast = asyncio.create_task(
+            read_ws(f"ws://{facade.address}/1/ws?stream_id={stream_id}", until={"done"}, timeout=120)
+        )
+        await asyncio.sleep(0.5)
+        async with http.patch(f"{base_url}/1/streams/{stream_id}", json={"status": "pending"}) as resp:
+            assert resp.status == 200
+        messages = await fast
+        stream = await get(http, base_url, stream_id)
+        events = [m for m in messages if m["analytics_results"]]
+        # The fast client got one event per processed frame, all of them, while the slow one read nothing.
+        assert stream["status"] == "done"
+        assert len(events) == stream["statistics"]["frames_processed"] == 100
+        assert all("lost_messages" not in m for m in messages)
+    finally:
+        slow.close()
+    await _delete(http, base_url, stream_id)
+
+
+def test_clip_truth_is_consistent(live_clip: Path) -> None:
+    truth = json.loads(live_clip.with_name(live_clip.name + ".truth.json").read_text())
+    assert truth["frame_count"] == 100 and len(truth["frames"]) == 100
+
+
+@pytest.fixture(scope="module")
+def hd_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return clip(tmp_path_factory.mktemp("rtsp-hd"), "hd.mp4", seconds=4.0, size=(1280, 720))
+
+
+async def test_live_stream_never_builds_lag(
+    http: aiohttp.ClientSession, base_url: str, hd_clip: Path, log_dir: Path
+) -> None:
+    # 720p at 25 fps, every frame, with both detectors and age/gender: inference is slower than
+    # the camera on this machine, so the newest frame must win and frame age stay bounded.
+    server = RtspServer(hd_clip, log_dir / "rtsp-hd.log").start()
+    try:
+        body = live_stream(server.url)
+        body["data"]["frame_processing"] = {"rate": {"period": 1, "unit": "frame"}}  # type: ignore[index]
+        body["analytics"] = [
+            *EVERY_FRAME_COUNTER,
+            {"analytic_name": "human_tracking", "parameters": {"targets": ["ags"]}},
+        ]
+        stream_id = await create(http, base_url, body)
+        await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+        ages = []
+        for _ in range(12):
+            await asyncio.sleep(0.5)
+            stats = (await get(http, base_url, stream_id))["statistics"]
+            if stats["frames_processed"]:
+                ages.append(stats["frame_age"])
+        stream = await get(http, base_url, stream_id)
+        assert stream["status"] == "in_progress", stream["error"]
+        stats = stream["statistics"]
+        assert stats["frames_dropped"] > 0, stats  # the camera outran the analysis...
+        assert max(ages) < 1.0, ages  # ...and yet no lag built up
+        assert stats["last_error"] is None
+        await _delete(http, base_url, stream_id)
+    finally:
+        server.stop()
+
+
+async def test_bad_input_leaves_other_streams_running(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer, live_clip: Path
+) -> None:
+    rtsp.start()
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+    before = await _wait_processing(http, base_url, stream_id)
+    bad_bodies = [
+        {"data": {"reference": "ftp://127.0.0.1/a.mp4"}},
+        {"data": {"reference": "/no/such/file.mp4"}},
+        {"data": {"reference": str(live_clip)}, "analytics": [{"analytic_name": "nope"}]},
+        {
+            "data": {"reference": str(live_clip)},
+            "analytics": [{"analytic_name": "people_counter", "parameters": {"probe_count": -1}}],
+        },
+    ]
+    for body in bad_bodies:
+        async with http.post(f"{base_url}/1/streams", json=body) as resp:
+            assert resp.status == 400
+    async with http.post(
+        f"{base_url}/1/streams", data=b"{not json", headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 400
+    async with http.get(f"{base_url}/1/streams/not-a-uuid") as resp:
+        assert resp.status == 400
+    after = await _wait_processing(http, base_url, stream_id)
+    assert after > before
+    assert (await get(http, base_url, stream_id))["status"] == "in_progress"
+    await _delete(http, base_url, stream_id)
+
+
+async def test_delete_while_still_connecting(http: aiohttp.ClientSession, base_url: str) -> None:
+    stream_id = await create(http, base_url, live_stream(f"rtsp://127.0.0.1:{free_port()}/none"))
+    await wait_status(http, base_url, stream_id, {"restart"}, 10)
+    started = time.monotonic()
+    await _delete(http, base_url, stream_id)
+    assert time.monotonic() - started < 3  # no waiting for the retry or the open to time out
+    async with http.get(f"{base_url}/1/streams/{stream_id}") as resp:
+        assert resp.status == 404
+
+
+async def test_websocket_server_pings(http: aiohttp.ClientSession, base_url: str, live_clip: Path) -> None:
+    stream_id = await create(http, base_url, {"data": {"reference": str(live_clip)}, "status": "pause"})
+    ws_url = base_url.replace("http://", "ws://") + f"/1/ws?stream_id={stream_id}"
+    async with http.ws_connect(ws_url, autoping=False) as ws:
+        first = await ws.receive(timeout=5)
+        assert json.loads(first.data)["stream_status"] == "pause"
+        ping = await ws.receive(timeout=5)  # the facade's heartbeat is 1 s in the tests
+        assert ping.type == aiohttp.WSMsgType.PING
+        await ws.pong(ping.data)
+    await _delete(http, base_url, stream_id)

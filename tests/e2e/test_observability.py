@@ -1,0 +1,125 @@
+"""Metrics and logs of the real services: /metrics agrees with the streams' statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from lva.v1 import agent_pb2, agent_pb2_grpc
+from lva_testkit.clips import clip
+from lva_testkit.stack import Service, start_core
+from lva_testkit.streams import create, file_stream, wait_status
+
+COUNTER = [
+    {
+        "analytic_name": "people_counter",
+        "parameters": {"probe_count": 1, "rate": {"period": 1, "unit": "frame"}},
+    }
+]
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text format -> {(name, labels): value}."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        assert match, line
+        labels = frozenset(re.findall(r'([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+async def scrape(
+    http: aiohttp.ClientSession, url: str
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        return parse(await resp.text())
+
+
+async def test_core_metrics_match_stream_statistics(
+    http: aiohttp.ClientSession, base_url: str, core: Service, tmp_path: Path
+) -> None:
+    stream_id = await create(http, base_url, file_stream(clip(tmp_path), COUNTER))
+    stream = await wait_status(http, base_url, stream_id, {"done"}, 120)
+    stats = stream["statistics"]
+    metrics = await scrape(http, f"http://127.0.0.1:{core.metrics_port}/metrics")
+    label = frozenset({("stream_id", stream_id)})
+    assert metrics[("lva_stream_frames_decoded_total", label)] == stats["frames_decoded"] > 0
+    assert metrics[("lva_stream_frames_processed_total", label)] == stats["frames_processed"] > 0
+    assert metrics[("lva_stream_frames_dropped_total", label)] == stats["frames_dropped"]
+    assert metrics[("lva_stream_reconnects_total", label)] == stats["reconnects"]
+    assert metrics[("lva_stream_frame_age_seconds", label)] == pytest.approx(stats["frame_age"], abs=1e-3)
+    assert metrics[("lva_stream_status", frozenset({("stream_id", stream_id), ("status", "done")}))] == 1
+    model = frozenset({("model", "person_detector")})
+    assert metrics[("lva_inference_batch_size_count", model)] >= 1
+    assert (
+        metrics[("lva_inference_latency_seconds_count", model)]
+        == metrics[("lva_inference_batch_size_count", model)]
+    )
+    assert metrics[("lva_inference_batch_size_sum", model)] >= stats["frames_processed"]
+    assert ("lva_event_subscribers", label) in metrics and (
+        "lva_event_messages_dropped_total",
+        frozenset(),
+    ) in metrics
+
+
+async def test_facade_metrics_count_routes_statuses_and_codes(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    async with http.get(f"{base_url}/1/streams/not-a-uuid") as resp:
+        assert resp.status == 400
+    async with http.get(f"{base_url}/version") as resp:
+        assert resp.status == 200
+    metrics = await scrape(http, f"{base_url}/metrics")
+    bad = frozenset(
+        {("method", "GET"), ("route", "/1/streams/{stream_id}"), ("status", "400"), ("error_code", "12012")}
+    )
+    good = frozenset({("method", "GET"), ("route", "/version"), ("status", "200"), ("error_code", "")})
+    assert metrics[("lva_http_requests_total", bad)] >= 1
+    assert metrics[("lva_http_requests_total", good)] >= 1
+    latency = frozenset({("method", "GET"), ("route", "/version")})
+    assert metrics[("lva_http_request_duration_seconds_count", latency)] >= 1
+    assert not any("not-a-uuid" in value for _, labels in metrics for _, value in labels)  # bounded labels
+
+
+@pytest.fixture
+def json_core(log_dir: Path, triton: Service) -> Iterator[Service]:
+    service = start_core(log_dir, triton.address, {"LVA_CORE__LOG_FORMAT": "json"})
+    yield service
+    service.stop()
+
+
+async def test_json_logs_carry_request_and_stream_ids(json_core: Service, tmp_path: Path) -> None:
+    request_id = f"{int(time.time())},{uuid.uuid4()}"
+    async with grpc.aio.insecure_channel(json_core.address) as channel:
+        await agent_pb2_grpc.AgentServiceStub(channel).GetVersion(
+            agent_pb2.GetVersionRequest(), metadata=(("luna-request-id", request_id),)
+        )
+        from lva.v1 import streams_pb2, streams_pb2_grpc
+
+        created = await streams_pb2_grpc.StreamsServiceStub(channel).CreateStream(
+            streams_pb2.CreateStreamRequest(data=streams_pb2.StreamData(reference=str(clip(tmp_path))))
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        entries = [json.loads(line) for line in json_core.log_text().splitlines() if line.strip()]
+        if any(e["stream_id"] == created.stream_id and "done" in e["message"] for e in entries):
+            break
+        await asyncio.sleep(0.3)
+    assert all({"time", "level", "logger", "message", "request_id", "stream_id"} <= set(e) for e in entries)
+    assert any(e["request_id"] == request_id and "GetVersion" in e["message"] for e in entries)
+    assert any(e["stream_id"] == created.stream_id and "in_progress" in e["message"] for e in entries)
+    assert any(e["stream_id"] == created.stream_id and "done" in e["message"] for e in entries)
