@@ -2,6 +2,9 @@
 
 None of them asserts anything about speed: a slow figure is a result, never a failure. They
 raise only when the suite itself cannot do its job (a service died, a stream failed to start).
+
+Why one file of over 400 lines: one function per measurement of ``make bench``, sharing the
+stack, the watchers and the statistics helpers, in the order run.py calls them.
 """
 
 from __future__ import annotations

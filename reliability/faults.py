@@ -6,6 +6,9 @@ contract), detection and recovery times, and ``violations``: each broken guarant
 :func:`run_fault` wraps one fault with what every fault must leave intact: the witnesses'
 event rate (before, during and after) and the census of the core and the facade, which must
 come back to its baseline (reliability/census.py).
+
+Why one file of over 400 lines: one small function per fault, all sharing the helpers at the
+top; a file per fault would only scatter them.
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ first ``python3`` on ``PATH``, which must be the Triton environment's (it needs 
 numpy 2 inputs silently read as zeros). This module hides all of that behind ``LocalTriton``.
 
 A stub that is killed leaves its shared-memory region in ``/dev/shm`` behind; tmpfs is RAM, so
-``cleanup_stale_shm`` removes regions that no live process maps.
+``triton_shm.cleanup_stale_shm`` removes regions that no live process maps.
 
 Run as a program it starts the server, prints ``READY <grpc url>`` and stops on SIGTERM/SIGINT:
 test fixtures use it when they need a Triton they can kill.
+
+Why one file of over 400 lines: ``LocalTriton`` is one process's lifecycle (probe the
+environment, install the stub, start, wait for ready, explain a failure from the log, stop and
+reap the stubs) plus its command line; split, that one state would be shared across modules.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -36,59 +39,15 @@ import tritonclient.grpc.aio as grpcclient
 from lva_common.errors import TRITON_UNAVAILABLE, LunaError
 from lva_common.signals import stop_event
 from lva_core.runtime import procfs
+from lva_core.runtime.triton_shm import cleanup_stale_shm, shm_regions_of
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "triton_python_backend_shm_region_"
-# A region younger than this may belong to a Triton that is starting right now: the file exists
-# between shm_open and mmap, and during that instant no process maps it.
-STARTUP_SHM_GRACE_S = 10.0
 _LOG_TAIL_LINES = 300
 # Triton's glog error lines ("E1124 10:41:42.538911 ..."): they name the model that failed to load.
 _ERROR_LINE = re.compile(r"^E\d{4} ")
 # Printed by every CPU-only start; it is not why a start failed.
 _CPU_NOISE = ("CudaDriverHelper has not been initialized",)
-
-
-def cleanup_stale_shm(
-    min_age: float = STARTUP_SHM_GRACE_S, paths: Iterable[Path] | None = None
-) -> list[Path]:
-    """Remove Python-backend shm regions that no live process maps; return what was removed.
-
-    ``paths`` limits the sweep to those regions (a server's own, on stop); by default every
-    ``/dev/shm/triton_python_backend_shm_region_*`` is a candidate. ``min_age`` (seconds since the
-    last change) spares regions that a starting server has created but not mapped yet. Regions of
-    another running Triton are mapped by it and are never removed.
-    """
-    candidates = sorted(SHM_DIR.glob(SHM_PREFIX + "*")) if paths is None else list(paths)
-    if not candidates:
-        return []
-    # Every readable process; another user's unreadable maps hide only regions that are that
-    # user's files, which the sticky /dev/shm stops us deleting anyway.
-    mapped = procfs.mapped_paths()
-    now = time.time()
-    uid = os.getuid()
-    removed: list[Path] = []
-    for path in candidates:
-        try:
-            st = path.stat()
-            if uid != 0 and st.st_uid != uid:
-                continue
-            if now - st.st_mtime < min_age or str(path) in mapped:
-                continue
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except PermissionError:
-            continue
-        removed.append(path)
-        log.info("removed stale Triton shared-memory region %s", path)
-    return removed
-
-
-def _shm_regions_of(pids: Iterable[int]) -> set[Path]:
-    return procfs.mapped_under(f"{SHM_DIR}/{SHM_PREFIX}", pids)
 
 
 # Run by the Triton environment's python in the child, then replaced by tritonserver (same pid).
@@ -296,7 +255,7 @@ class LocalTriton:
 
     def _remember_tree(self, pid: int) -> None:
         self._stubs.update(procfs.children(pid))
-        self._regions.update(_shm_regions_of([pid, *self._stubs]))
+        self._regions.update(shm_regions_of([pid, *self._stubs]))
 
     async def _reap_stubs(self, grace: float = 3.0) -> None:
         # A stub notices a dead server by polling, and while it lives it keeps its region

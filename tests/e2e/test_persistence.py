@@ -6,6 +6,10 @@ camera, a paused one, a file that finishes, a failed one, one still reconnecting
 one), kills the core with SIGKILL and later stops it with SIGTERM, and checks after each
 restart on the same store that everything came back as it was, and that the live stream runs
 again by itself with events on ``/1/ws``.
+
+Why one file of over 400 lines: the SQLite store's own tests and the restart end-to-end test
+share one record builder and one way of reading the file back. What every store must do is in
+tests/unit/test_store_contract.py.
 """
 
 from __future__ import annotations

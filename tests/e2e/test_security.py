@@ -7,6 +7,9 @@ isolation of list / PATCH / DELETE, the rate limit, credentials masked in the AP
 file confinement, the scheme allow-list and the body size limit. Masking of /1/config is
 covered by test_e2e_rest.py and test_e2e_grpc.py, GET and /1/ws of another account by
 test_e2e_streams.py.
+
+Why one file of over 400 lines: every guarantee runs against one stack with all security
+settings on, started once for the module.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@
   naming a field under ``data.`` / ``autorestart.`` / ``analytics[i]``.
 
 Bounded and deterministic: ``derandomize`` and ``LVA_FUZZ_EXAMPLES`` (default 25) scaled per test.
+
+Why one file of over 400 lines: the strategies (messages from descriptors, JSON values) are
+shared by every property here.
 """
 
 from __future__ import annotations

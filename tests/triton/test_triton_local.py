@@ -22,7 +22,8 @@ from skimage import data, transform
 from lva_common.errors import LunaError
 from lva_core.runtime import procfs
 from lva_core.runtime.triton_health import ComponentError, check_triton
-from lva_core.runtime.triton_server import SHM_DIR, SHM_PREFIX, LocalTriton, cleanup_stale_shm
+from lva_core.runtime.triton_server import LocalTriton
+from lva_core.runtime.triton_shm import SHM_DIR, SHM_PREFIX, cleanup_stale_shm
 from lva_testkit.paths import MODEL_REPOSITORY as MODELS
 from lva_testkit.paths import REPO, TRITON_ENV
 from lva_testkit.ports import free_ports

@@ -3,6 +3,9 @@
 The models are replaced by a fake ``infer`` that answers in the detector and face_attributes
 contracts with outputs built here (K padded rows, COUNT valid ones): these tests pin the
 analytics' own logic. tests/models/test_analytics_models.py runs the same analytics on the real models.
+
+Why one file of over 400 lines: the fake model outputs and frame builders are shared by the
+tests of every analytic.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Clips are made by ``lva_testkit/clips.py`` (real photographs, x264 via PyAV); the RTSP
 server is GStreamer's (``lva_testkit/rtsp_server.py``). Failures are real ones: nothing listening,
 a missing file, corrupt bytes, a 404, a killed server, a frozen (SIGSTOP) server.
+
+Why one file of over 400 lines: the clips and the RTSP, HTTP and HLS servers, built once per
+module, serve every test of the source.
 """
 
 from __future__ import annotations
