@@ -220,6 +220,23 @@ def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     raise CodecError(path, f"unsupported field type {kind}")
 
 
+def _first_non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite number inside a JSON value (``1e400`` parses as inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items: Any = ((_join(path, str(k)), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for item_path, item in items:
+        found = _first_non_finite(item, item_path)
+        if found is not None:
+            return found
+    return None
+
+
 def json_to_message(data: Any, message: Message, path: str = "") -> Message:
     """Fill ``message`` from JSON ``data``; raise CodecError naming the bad field's path."""
     descriptor = message.DESCRIPTOR
@@ -227,6 +244,10 @@ def json_to_message(data: Any, message: Message, path: str = "") -> Message:
     if full_name in _STRUCT_TYPES or full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
         if full_name == "google.protobuf.Struct" and not isinstance(data, dict):
             raise CodecError(path, "must be an object")
+        # A Struct holds doubles, infinities included, which no JSON can render back.
+        bad = _first_non_finite(data, path)
+        if bad is not None:
+            raise CodecError(bad, "must be a finite number")
         if (
             full_name == "google.protobuf.Duration"
             and isinstance(data, int | float)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from lva.v1 import streams_pb2
 from lva_common.config import mask_url
@@ -142,8 +142,18 @@ def integral(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """A Struct's value as plain Python. Not json_format: it raises on the infinities a gRPC
+    client can send, which validation must answer with the field's path instead."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    return value
+
+
 def parameters_from_struct(parameters: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = integral(json_format.MessageToDict(parameters))
+    result: dict[str, Any] = integral(_plain(parameters))
     return result
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lva.v1 import (
@@ -81,6 +81,23 @@ async def test_streams_and_analytics_rpcs(channel: grpc.aio.Channel) -> None:
     # twin is not loaded).
     names = {a.name for a in catalogue.analytics}
     assert names == {"people_counter", "human_tracking", "pipeline_probe", "probe_sink"}
+
+
+async def test_non_finite_parameters_over_grpc_are_invalid_with_the_path(channel: grpc.aio.Channel) -> None:
+    # A gRPC client can put infinities into a Struct directly; the core answers with the path.
+    parameters = struct_pb2.Struct()
+    parameters.update({"probe_count": 2, "roi": {"x": 0, "y": float("-inf"), "width": 5, "height": 5}})
+    request = streams_pb2.CreateStreamRequest(
+        data=streams_pb2.StreamData(reference="rtsp://127.0.0.1:1/x"),
+        analytics=[streams_pb2.AnalyticConfig(analytic_name="people_counter", parameters=parameters)],
+        status=streams_pb2.STREAM_STATUS_PAUSE,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await streams_pb2_grpc.StreamsServiceStub(channel).CreateStream(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = from_trailers(caught.value.trailing_metadata())
+    assert error is not None and error.code == 12027
+    assert error.extra["path"] == "analytics[0].parameters.roi.y" and "finite" in error.detail
 
 
 async def test_standard_health_service(channel: grpc.aio.Channel) -> None:

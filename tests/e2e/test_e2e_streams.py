@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -186,6 +187,32 @@ async def test_bad_input_is_rejected_with_the_field_path(
         payload = await resp.json()
     assert_luna_error(payload, code)
     assert payload["path"] == path and path in payload["detail"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "path"),
+    [
+        ('{"probe_count": 1e400}', "analytics[0].parameters.probe_count"),
+        ('{"probe_count": -1e400}', "analytics[0].parameters.probe_count"),
+        ('{"roi": {"x": 0, "y": 0, "width": 1e400, "height": 5}}', "analytics[0].parameters.roi.width"),
+        ('{"extra": [1, {"deep": -1e999}]}', "analytics[0].parameters.extra[1].deep"),
+    ],
+)
+async def test_non_finite_parameters_are_a_400_with_the_path(
+    http: aiohttp.ClientSession, base_url: str, sample: Path, parameters: str, path: str
+) -> None:
+    # JSON's 1e400 is a valid number that no double holds: it parses as infinity. Raw text, since
+    # a client library would render float("inf") as the non-JSON token Infinity instead.
+    analytic = '{"analytic_name": "people_counter", "parameters": ' + parameters + "}"
+    body = '{"data": {"reference": ' + json.dumps(str(sample)) + '}, "analytics": [' + analytic + "]}"
+    headers = {"Content-Type": "application/json"}
+    async with http.post(f"{base_url}/1/streams", data=body.encode(), headers=headers) as resp:
+        assert resp.status == 400, await resp.text()
+        payload = await resp.json()
+    assert_luna_error(payload, 12027)
+    assert payload["path"] == path and "finite" in payload["detail"]
+    async with http.get(f"{base_url}/healthcheck") as resp:
+        assert resp.status == 200  # and the service is fine
 
 
 async def test_bad_stream_ids(http: aiohttp.ClientSession, base_url: str) -> None:
