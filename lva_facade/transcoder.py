@@ -228,4 +228,9 @@ def add_routes(app: web.Application, routes: list[Route], core: CoreClient) -> N
     for route in routes:
         if route.server_streaming or route.method.client_streaming:
             continue
-        app.router.add_route(route.http_method, route.path, make_handler(route, core))
+        handler = make_handler(route, core)
+        if route.http_method == "GET":
+            # HEAD wherever GET works (load balancers probe with it); aiohttp drops the body.
+            app.router.add_get(route.path, handler, allow_head=True)
+        else:
+            app.router.add_route(route.http_method, route.path, handler)

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import aiohttp
+import pytest
 import yaml
 
 from lva_facade.request_id import PATTERN
@@ -204,6 +205,28 @@ async def test_unknown_route_and_method(http: aiohttp.ClientSession, base_url: s
     async with http.put(f"{base_url}/version") as resp:
         assert resp.status == 405
         assert_luna_error(await resp.json(), 47003)
+        assert set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
+@pytest.mark.parametrize("path", ["/version", "/healthcheck", "/1/config", "/1/plugins", "/1/streams"])
+async def test_head_works_wherever_get_does(http: aiohttp.ClientSession, base_url: str, path: str) -> None:
+    async with http.get(f"{base_url}{path}") as got:
+        assert got.status == 200
+        length = len(await got.read())
+    async with http.head(f"{base_url}{path}") as resp:
+        assert resp.status == 200, path
+        assert resp.headers["Content-Type"] == got.headers["Content-Type"]
+        assert "Luna-Request-Id" in resp.headers
+        assert await resp.read() == b""  # the status and headers of GET, no body
+    assert length > 0
+
+
+async def test_head_of_a_bad_request_is_its_error_status(http: aiohttp.ClientSession, base_url: str) -> None:
+    async with http.head(f"{base_url}/1/streams/not-a-uuid") as resp:
+        assert resp.status == 400
+        assert await resp.read() == b""
+    async with http.head(f"{base_url}/1/streams/00000000-0000-4000-8000-000000000000") as resp:
+        assert resp.status == 404
 
 
 async def test_bad_bodies(http: aiohttp.ClientSession, base_url: str) -> None:
