@@ -29,6 +29,9 @@ from lva_core.streams.validation import (
 
 log = logging.getLogger("lva_core.streams")
 
+# Running, or about to: a resume of these changes nothing.
+RUNNING = frozenset({Status.PENDING, Status.IN_PROGRESS})
+
 
 class StreamManager:
     def __init__(
@@ -134,7 +137,9 @@ class StreamManager:
         record = self.get(stream_id, account_id)  # another account's stream: not found, as in get
         if target not in USER_TARGETS:
             raise invalid("status", "must be pause or pending")
-        if record.status is target:
+        if record.status is target or (target is Status.PENDING and record.status in RUNNING):
+            # Asked again for the state it is in or heading to: nothing to do, and no error,
+            # however the timing of the worker falls (a resume repeated while it connects).
             return record
         if target is Status.PAUSE:
             self.set_status(record, Status.PAUSE, None)  # checks the transition first
@@ -144,6 +149,8 @@ class StreamManager:
             if missing:
                 # Kept after a restart without its plugin (load()); it can run once the analytic is back.
                 raise LunaError(CONFLICT, f"analytic {missing[0]} is not available in this core")
+            # From restart this is "retry now": the worker waiting out its backoff is replaced by
+            # one that connects at once, with the whole attempt budget.
             self.set_status(record, Status.PENDING, None)
             await self._stop_worker(stream_id)
             self._start_worker(record)

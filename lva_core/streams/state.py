@@ -30,7 +30,8 @@ S = Status
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.PENDING: frozenset({S.IN_PROGRESS, S.RESTART, S.FAILURE, S.DONE, S.PAUSE, S.STOP}),
     S.IN_PROGRESS: frozenset({S.RESTART, S.DONE, S.FAILURE, S.PAUSE, S.STOP}),
-    S.RESTART: frozenset({S.IN_PROGRESS, S.RESTART, S.FAILURE, S.PAUSE, S.STOP}),
+    # restart -> pending: the user's "retry now", instead of waiting out the backoff.
+    S.RESTART: frozenset({S.IN_PROGRESS, S.RESTART, S.FAILURE, S.PAUSE, S.PENDING, S.STOP}),
     S.PAUSE: frozenset({S.PENDING, S.STOP}),
     # A finished, failed or stopped stream can be started again by the user.
     S.DONE: frozenset({S.PENDING, S.STOP}),

@@ -12,7 +12,17 @@ import pytest
 from lva_testkit.boxes import inside, iou
 from lva_testkit.clips import clip, truth
 from lva_testkit.stack import Service
-from lva_testkit.streams import FINAL, assert_luna_error, create, file_stream, get, patch, read_ws, statuses
+from lva_testkit.streams import (
+    FINAL,
+    assert_luna_error,
+    create,
+    file_stream,
+    get,
+    patch,
+    read_ws,
+    statuses,
+    wait_status,
+)
 
 BOTH = [
     {
@@ -267,6 +277,42 @@ async def test_many_streams_batch_across_streams(
     assert inferences >= 8 * processed
     assert executions < inferences  # frames of different streams ran in one batch
     for stream_id in ids:
+        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+            assert resp.status == 204
+
+
+async def test_resume_is_idempotent(http: aiohttp.ClientSession, base_url: str, sample: Path) -> None:
+    stream_id = await create(http, base_url, file_stream(sample, [], status="pause"))
+    try:
+        assert (await patch(http, base_url, stream_id, "pause"))["status"] == "pause"
+        # However the worker's timing falls (pending, in_progress, done), a repeated resume is a 200.
+        answers = [(await patch(http, base_url, stream_id, "pending"))["status"] for _ in range(3)]
+        assert set(answers) <= {"pending", "in_progress", "done"}, answers
+    finally:
+        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+            assert resp.status == 204
+
+
+async def test_pending_retries_a_restarting_stream_now(http: aiohttp.ClientSession, base_url: str) -> None:
+    # Nothing listens on port 1: every attempt fails at once, then the stream waits 60 s.
+    body = {
+        "data": {"reference": "rtsp://127.0.0.1:1/nothing", "type": "stream"},
+        "analytics": [],
+        "autorestart": {"restart": 1, "attempt_count": 5, "delay": 60},
+    }
+    stream_id = await create(http, base_url, body)
+    try:
+        first = await wait_status(http, base_url, stream_id, {"restart"}, timeout=20)
+        assert first["statistics"]["reconnects"] == 1
+        retried = await patch(http, base_url, stream_id, "pending")
+        assert retried["status"] in ("pending", "restart")
+        # The next attempt comes at once, not after the 60 s backoff, with the budget afresh.
+        deadline = asyncio.get_running_loop().time() + 15
+        while (stream := await get(http, base_url, stream_id))["statistics"]["reconnects"] < 2:
+            assert asyncio.get_running_loop().time() < deadline, stream
+            await asyncio.sleep(0.2)
+        assert stream["status"] == "restart" and "connection_refused" in stream["error"]
+    finally:
         async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
             assert resp.status == 204
 
