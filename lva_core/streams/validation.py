@@ -32,9 +32,14 @@ def validate_data(data: SourceData, allowed_dirs: list[Path] | None) -> SourceDa
     try:
         network = is_network(data.reference)
         checked = data if data.kind else replace(data, kind="stream" if network else "videofile")
-        validate_reference(data.reference, checked.kind or "stream", allowed_dirs)
         if network:
-            _ = urlsplit(data.reference).port  # 0..65535, or ValueError
+            # Schemes are case-insensitive (RFC 3986) but FFmpeg's protocol names are not: an
+            # "RTSP://" camera would be accepted and never open. Stored and shown lower-cased.
+            scheme, rest = data.reference.split(":", 1)
+            checked = replace(checked, reference=f"{scheme.lower()}:{rest}")
+        validate_reference(checked.reference, checked.kind or "stream", allowed_dirs)
+        if network:
+            _ = urlsplit(checked.reference).port  # 0..65535, or ValueError
     except SourceError as error:
         raise invalid("data.reference", f"{error.kind}: {error}") from None
     except (ValueError, OSError):

@@ -114,6 +114,20 @@ async def test_stream_created_while_server_is_down_comes_up(
     await _delete(http, base_url, stream_id)
 
 
+async def test_an_upper_case_scheme_is_a_camera_like_any_other(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer
+) -> None:
+    rtsp.start()
+    assert rtsp.url.startswith("rtsp://")
+    stream_id = await create(http, base_url, live_stream("RTSP" + rtsp.url[len("rtsp") :]))
+    try:
+        running = await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+        assert running["data"]["reference"] == rtsp.url  # stored and shown as it is opened
+        await _wait_processing(http, base_url, stream_id)
+    finally:
+        await _delete(http, base_url, stream_id)
+
+
 def _stalled_ws_client(address: str, path: str) -> socket.socket:
     """A WebSocket client that completes the handshake and then never reads a byte."""
     host, port = address.rsplit(":", 1)
