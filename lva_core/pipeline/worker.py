@@ -215,9 +215,10 @@ class StreamWorker:
         stats = self.record.statistics
         base = stats.frames_decoded  # counts accumulate over reconnections
 
+        stats.decode_rate = source.stats.rate  # this session's meter; the last one stops with it
+
         def sync() -> None:
             stats.frames_decoded = base + source.stats.decoded
-            stats.decode_fps = source.stats.decode_fps
 
         frames = source.frames()
         clock = time.perf_counter

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from lva_core.streams.rate import RateMeter
 from lva_core.streams.spec import AnalyticSpec, Autorestart, SourceData
 from lva_core.streams.state import Status, check_transition
 
@@ -14,10 +15,16 @@ class Statistics:
     frames_decoded: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
-    decode_fps: float = 0.0
     frame_age: float = 0.0
     reconnects: int = 0
     last_error: str | None = None
+    # The current source's meter (the worker attaches it): decode_fps is over the last second
+    # whenever it is read, and falls to 0 when frames stop, the source is lost or paused.
+    decode_rate: RateMeter = field(default_factory=RateMeter, repr=False, compare=False)
+
+    @property
+    def decode_fps(self) -> float:
+        return self.decode_rate.rate(time.monotonic())
 
 
 @dataclass

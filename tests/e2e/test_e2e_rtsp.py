@@ -101,6 +101,29 @@ async def test_frozen_server_is_detected_within_the_timeout(
     await _delete(http, base_url, stream_id)
 
 
+async def test_decode_fps_falls_to_zero_when_the_camera_freezes(
+    http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer, core: Service
+) -> None:
+    rtsp.start()
+    stream_id = await create(http, base_url, live_stream(rtsp.url))
+    try:
+        await wait_status(http, base_url, stream_id, {"in_progress"}, 30)
+        await _wait_processing(http, base_url, stream_id)
+        running = await get(http, base_url, stream_id)
+        assert running["statistics"]["decode_fps"] > 5  # a 25 fps camera
+        rtsp.freeze()
+        await asyncio.sleep(2.0)  # well inside streams.read_timeout (5 s): still in_progress
+        frozen = await get(http, base_url, stream_id)
+        assert frozen["status"] == "in_progress" and frozen["statistics"]["decode_fps"] == 0
+        async with http.get(f"http://127.0.0.1:{core.metrics_port}/metrics") as resp:
+            text = await resp.text()
+        series = f'lva_stream_decode_fps{{stream_id="{stream_id}"}}'
+        assert f"{series} 0.0" in text, [line for line in text.splitlines() if series in line]
+        rtsp.thaw()
+    finally:
+        await _delete(http, base_url, stream_id)
+
+
 async def test_stream_created_while_server_is_down_comes_up(
     http: aiohttp.ClientSession, base_url: str, rtsp: RtspServer
 ) -> None:

@@ -155,3 +155,23 @@ def test_whole_numbers_from_a_struct_are_validated_and_kept_as_integers() -> Non
         "e": "3.0",
     }
     assert type(integral(1e300)) is float and type(integral(True)) is bool
+
+
+def test_decode_rate_is_over_the_last_second_and_falls_to_zero_when_frames_stop() -> None:
+    from lva_core.streams.rate import RateMeter
+
+    meter, now = RateMeter(), 100.0
+    assert meter.rate(now) == 0.0  # nothing yet
+    for total in range(1, 76):  # 3 s at 25 frames a second
+        now += 0.04
+        meter.mark(now, total)
+    assert meter.rate(now) == pytest.approx(25.0, abs=0.5)
+    assert meter.rate(now + 0.5) == pytest.approx(12.5, abs=1.0)  # half a second without frames
+    assert meter.rate(now + 1.01) == 0.0  # a frozen camera reads 0, not its last rate
+    assert meter.rate(now + 9.0) == 0.0
+    # Marks far apart (a keyframe-only source marks per packet anyway, but a slow one may not):
+    # the frames between two marks are spread over the time between them.
+    sparse = RateMeter()
+    sparse.mark(0.0, 0)
+    sparse.mark(2.0, 50)
+    assert sparse.rate(2.5) == pytest.approx(25.0)

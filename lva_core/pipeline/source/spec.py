@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lva_common.config import DEFAULTS
+from lva_core.streams.rate import RateMeter
 
 _STREAMS = DEFAULTS["streams"]
 
@@ -64,9 +65,12 @@ class SourceStats:
     source_fps: float = 0.0  # frames of the source (packets) per second of wall time
     lag: float = 0.0  # seconds behind the live source (live streams)
     _window: tuple[float, int, int] = field(default=(0.0, 0, 0), repr=False)
+    # Frames decoded over the last second, readable from any thread: 0 a second after they stop.
+    rate: RateMeter = field(default_factory=RateMeter, repr=False, compare=False)
 
     def tick(self, now: float, final: bool = False) -> None:
         """Update the rates once a second over the last window (and over a shorter one at the end)."""
+        self.rate.mark(now, self.decoded)
         start, decoded, packets = self._window
         if start == 0.0:
             self._window = (now, self.decoded, self.packets)
