@@ -7,6 +7,7 @@ also binds the caller's Luna-Request-Id to the logging context for the RPC's dur
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -91,16 +92,31 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                token = request_id_var.set(_request_id(context))
+                # Set, never reset: a server-streaming generator may be finalised in another
+                # context (the client went away), where resetting the token raises. The RPC's
+                # task owns a copy of the context, so the value dies with it.
+                request_id_var.set(_request_id(context))
+                started = time.perf_counter()
+                outcome, sent = "OK", 0
                 try:
                     async for item in inner_stream(request, context):
+                        sent += 1
                         yield item
                 except grpc.aio.AbortError:
+                    outcome = "aborted"
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    outcome = "cancelled"  # the client stopped watching: the usual end of a watch
                     raise
                 except Exception as exc:
-                    await _abort(context, _as_luna(exc, method))
+                    error = _as_luna(exc, method)
+                    outcome = f"error {error.code}"
+                    await _abort(context, error)
                 finally:
-                    request_id_var.reset(token)
+                    # One line and one count per RPC, streams included; no latency: a watch lasts.
+                    elapsed = time.perf_counter() - started
+                    log.info("%s %s %.1f ms, %d messages", method, outcome, elapsed * 1000, sent)
+                    RPC_REQUESTS.labels(method, outcome).inc()
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,

@@ -123,3 +123,46 @@ async def test_json_logs_carry_request_and_stream_ids(json_core: Service, tmp_pa
     assert any(e["request_id"] == request_id and "GetVersion" in e["message"] for e in entries)
     assert any(e["stream_id"] == created.stream_id and "in_progress" in e["message"] for e in entries)
     assert any(e["stream_id"] == created.stream_id and "done" in e["message"] for e in entries)
+
+
+WATCH = "/lva.v1.StreamsService/WatchStream"
+
+
+async def test_watch_stream_gets_a_log_line_and_a_count(
+    http: aiohttp.ClientSession, base_url: str, core: Service, tmp_path: Path
+) -> None:
+    from lva.v1 import streams_pb2, streams_pb2_grpc
+
+    log_start = len(core.log_text())
+    metrics_url = f"http://127.0.0.1:{core.metrics_port}/metrics"
+    counted = frozenset({("method", WATCH), ("code", "cancelled")})
+    before = (await scrape(http, metrics_url)).get(("lva_grpc_requests_total", counted), 0.0)
+    stream_id = await create(http, base_url, file_stream(clip(tmp_path), [], status="pause"))
+    try:
+        async with grpc.aio.insecure_channel(core.address) as channel:
+            call = streams_pb2_grpc.StreamsServiceStub(channel).WatchStream(
+                streams_pb2.WatchStreamRequest(stream_id=stream_id),
+                metadata=(("luna-request-id", "1700000000,watch-probe"),),
+            )
+            first = await call.read()
+            assert first.stream_status == streams_pb2.STREAM_STATUS_PAUSE
+            call.cancel()
+        # And the same through the facade's WebSocket, opened and closed in a loop: each watch is
+        # one count, and none leaves an error behind (a token reset in another context did).
+        for _ in range(10):
+            async with http.ws_connect(f"{base_url.replace('http', 'ws')}/1/ws?stream_id={stream_id}") as ws:
+                assert json.loads((await ws.receive()).data)["stream_status"] == "pause"
+        deadline = time.monotonic() + 10
+        while (await scrape(http, metrics_url)).get(("lva_grpc_requests_total", counted), 0.0) < before + 11:
+            assert time.monotonic() < deadline, "WatchStream not counted"
+            await asyncio.sleep(0.2)
+    finally:
+        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+            assert resp.status == 204
+    log = core.log_text()[log_start:]  # this test's lines only: the core serves the whole session
+    watch_lines = [line for line in log.splitlines() if WATCH in line]
+    assert any(
+        re.search(rf"\[1700000000,watch-probe\] .*{WATCH} cancelled [\d.]+ ms, 1 messages", line)
+        for line in watch_lines
+    ), watch_lines
+    assert "different Context" not in log and "Traceback" not in log
