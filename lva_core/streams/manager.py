@@ -21,6 +21,9 @@ from lva_core.streams.state import USER_TARGETS, Status
 from lva_core.streams.store.base import StoreError, StreamStore
 from lva_core.streams.store.sqlite import SqliteStreamStore
 from lva_core.streams.validation import (
+    MAX_DESCRIPTION,
+    MAX_NAME,
+    check_text,
     check_uuid,
     validate_analytics,
     validate_autorestart,
@@ -85,6 +88,8 @@ class StreamManager:
     async def create(self, spec: StreamSpec) -> StreamRecord:
         if spec.account_id:
             check_uuid(spec.account_id, "account_id")
+        check_text(spec.name, "name", MAX_NAME)
+        check_text(spec.description, "description", MAX_DESCRIPTION)
         if spec.data is None:
             raise invalid("data", "is required")
         status = spec.status or Status.PENDING

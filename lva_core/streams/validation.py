@@ -16,6 +16,15 @@ from lva_core.pipeline.source.reference import is_network, validate_reference
 from lva_core.streams.spec import AnalyticSpec, Autorestart, SourceData
 
 DEFAULT_ATTEMPTS = 10
+# Characters. Names and descriptions are labels, not storage: a 1,000,000-character name made one
+# list answer 2.3 MB. Generous for people, small for every list and event.
+MAX_NAME = 256
+MAX_DESCRIPTION = 4096
+
+
+def check_text(value: str, path: str, limit: int) -> None:
+    if len(value) > limit:
+        raise invalid(path, f"is {len(value)} characters long; at most {limit}")
 
 
 def check_uuid(value: str, path: str) -> None:

@@ -185,6 +185,9 @@ async def test_ws_rejects_before_upgrade(http: aiohttp.ClientSession, base_url: 
         (lambda b: b["data"].__setitem__("reference", "/nonexistent/clip.mp4"), 12027, "data.reference"),
         (lambda b: b["data"].__setitem__("rotation", 45), 12027, "data.rotation"),
         (lambda b: b.__setitem__("account_id", "not-a-uuid"), 12027, "account_id"),
+        (lambda b: b.__setitem__("name", "n" * 257), 12027, "name"),
+        (lambda b: b.__setitem__("name", "n" * 1_000_000), 12027, "name"),
+        (lambda b: b.__setitem__("description", "d" * 4097), 12027, "description"),
     ],
 )
 async def test_bad_input_is_rejected_with_the_field_path(
