@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -23,8 +24,25 @@ access_log = logging.getLogger("lva_facade.access")
 DOCS_PREFIX = "/docs/dev"
 
 
+# A host name, an IPv4 address or a bracketed IPv6 one, and an optional port: what a Host header
+# may hold (RFC 9110 7.2). Anything else never reaches a link.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _link_host(request: web.Request) -> str:
+    """The request's Host when it is a valid one, else the address the request came in on."""
+    host = request.host
+    if _HOST.fullmatch(host):
+        return host
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        address, port = str(sockname[0]), int(sockname[1])
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return "localhost"
+
+
 def error_link(request: web.Request, code: int) -> str:
-    return f"{request.scheme}://{request.host}{DOCS_PREFIX}/errors.html#{anchor(code)}"
+    return f"{request.scheme}://{_link_host(request)}{DOCS_PREFIX}/errors.html#{anchor(code)}"
 
 
 def error_response(request: web.Request, error: LunaError) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -250,3 +251,33 @@ async def test_bad_bodies(http: aiohttp.ClientSession, base_url: str) -> None:
     async with http.post(f"{base_url}/1/streams", data=b"x" * (2 * 1024 * 1024), headers=headers) as resp:
         assert resp.status == 413
         assert_luna_error(await resp.json(), 47009)
+
+
+async def _raw_get(address: str, path: str, host: str) -> tuple[int, dict[str, object]]:
+    """One HTTP/1.1 request with the Host header exactly as given (no client library rewrites it)."""
+    hostname, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(hostname, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("host", ['a"b<script>', "evil.example/../x", "a b", ""])
+async def test_a_bad_host_header_never_reaches_the_error_link(facade: Service, host: str) -> None:
+    status, body = await _raw_get(facade.address, "/1/nowhere", host)
+    if status == 400:  # refused by the HTTP parser itself: nothing of it is echoed either
+        assert host not in json.dumps(body) or not host
+        return
+    assert status == 404
+    assert body["link"] == f"http://{facade.address}/docs/dev/errors.html#error-47002"
+
+
+async def test_a_valid_host_header_names_the_link(facade: Service) -> None:
+    status, body = await _raw_get(facade.address, "/1/nowhere", "agent.example:8443")
+    assert status == 404
+    assert body["link"] == "http://agent.example:8443/docs/dev/errors.html#error-47002"
