@@ -105,7 +105,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # A key is secret when one of its words is one of these.
-_SECRET_WORDS = {"password", "passwd", "pwd", "token", "secret", "key", "credential", "credentials", "apikey"}
+# The rule, documented in docs/security.md: a key is secret when one of its words (split at
+# punctuation and camelCase) is one of these, or it ends in password, token or secret. Signed URLs
+# carry their secret as auth, sig or signature (X-Amz-Signature, ?sig= of Azure SAS).
+_SECRET_WORDS = {
+    "password", "passwd", "pwd", "pass", "passphrase",
+    "token", "secret", "key", "apikey", "credential", "credentials",
+    "auth", "authorization", "sig", "signature", "session", "sessionid",
+}  # fmt: skip
 _URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
 
 

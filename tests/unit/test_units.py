@@ -103,6 +103,17 @@ def test_masking() -> None:
         "empty_token": "",
     }
     assert mask_url("http://user@h/") == "http://***@h/"
+    # Signed URLs: the secret travels as auth, sig or signature; the rest stays readable.
+    assert mask_url("https://cdn/x.m3u8?auth=a1&user=u&sig=s2&expires=9") == (
+        "https://cdn/x.m3u8?auth=***&user=u&sig=***&expires=9"
+    )
+    assert mask_url("https://b.s3/x?X-Amz-Signature=f00&X-Amz-Credential=c&X-Amz-Date=d") == (
+        "https://b.s3/x?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=d"
+    )
+    assert (
+        mask_url("rtsp://cam/s?sessionid=123&pass=p&channel=1")
+        == "rtsp://cam/s?sessionid=***&pass=***&channel=1"
+    )
 
 
 def test_negotiation() -> None:
