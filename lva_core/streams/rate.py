@@ -30,8 +30,8 @@ class RateMeter:
     def rate(self, now: float) -> float:
         """Per second over the last ``WINDOW`` before ``now`` (over what there is, at the start)."""
         with self._lock:
-            if len(self._marks) < 2 and not (self._marks and now - self._marks[0][0] >= self.WINDOW):
-                return 0.0
+            if len(self._marks) < 2:
+                return 0.0  # one mark says no rate
             start = now - self.WINDOW
             base = self._marks[0]
             for mark in self._marks:
@@ -43,7 +43,3 @@ class RateMeter:
         # The frames between the base and the latest mark came over that span (at least a window).
         span = max(latest_time - base[0], self.WINDOW) if base[0] <= start else now - base[0]
         return (latest - base[1]) / span if span > 0 else 0.0
-
-    def reset(self) -> None:
-        with self._lock:
-            self._marks.clear()
