@@ -41,6 +41,11 @@ _INT_TYPES = {
 _FLOAT_TYPES = {_F.TYPE_FLOAT, _F.TYPE_DOUBLE}
 _FLOAT32_MAX = 3.4028234663852886e38
 _STRUCT_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+# Objects and arrays nested inside one Struct value at most. Protobuf's decoders stop at 100
+# message levels, and each JSON object in a Struct costs three (Struct, map entry, Value): about
+# 33 objects deep, a body the facade would encode could not be decoded by the core. 20 leaves
+# room for the messages around the Struct and is far deeper than any analytic's parameters.
+MAX_STRUCT_DEPTH = 20
 _WRAPPERS = {
     f"google.protobuf.{name}Value"
     for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
@@ -237,6 +242,23 @@ def _first_non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def _first_too_deep(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first object or array nested deeper than MAX_STRUCT_DEPTH."""
+    if not isinstance(value, dict | list):
+        return None
+    if depth >= MAX_STRUCT_DEPTH:
+        return path
+    if isinstance(value, dict):
+        items: Any = ((_join(path, str(k)), v) for k, v in value.items())
+    else:
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for item_path, item in items:
+        found = _first_too_deep(item, item_path, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def json_to_message(data: Any, message: Message, path: str = "") -> Message:
     """Fill ``message`` from JSON ``data``; raise CodecError naming the bad field's path."""
     descriptor = message.DESCRIPTOR
@@ -245,6 +267,12 @@ def json_to_message(data: Any, message: Message, path: str = "") -> Message:
         if full_name == "google.protobuf.Struct" and not isinstance(data, dict):
             raise CodecError(path, "must be an object")
         # A Struct holds doubles, infinities included, which no JSON can render back.
+        # Depth first: it bounds the walk that looks for infinities.
+        deep = _first_too_deep(data, path)
+        if deep is not None:
+            raise CodecError(
+                deep, f"nested too deeply (at most {MAX_STRUCT_DEPTH} levels of objects and arrays)"
+            )
         bad = _first_non_finite(data, path)
         if bad is not None:
             raise CodecError(bad, "must be a finite number")

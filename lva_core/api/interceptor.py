@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from lva_common.errors import INTERNAL, NOT_IMPLEMENTED, LunaError
+from lva_common.errors import BAD_JSON, INTERNAL, NOT_IMPLEMENTED, LunaError
 from lva_common.logs import request_id_var
 from lva_core.metrics.instruments import RPC_LATENCY, RPC_REQUESTS
 
@@ -47,6 +48,38 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: LunaError) 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
+class Undecodable:
+    """Stands in for a request whose bytes protobuf refused (nested past its limit, truncated).
+
+    grpc decodes a request before any interceptor runs and answers its own failure with a bare
+    INTERNAL and a logged traceback; deferring the failure to the handler lets it become a LUNA
+    status like every other bad request, logged and counted with the caller's request id.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise LunaError(BAD_JSON, f"the request could not be decoded: {request.reason}")
+    return request
+
+
 class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -66,7 +99,7 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 outcome = "OK"
                 try:
-                    return await inner_unary(request, context)
+                    return await inner_unary(_decoded(request), context)
                 except grpc.aio.AbortError:
                     outcome = "aborted"
                     raise
@@ -83,7 +116,7 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -99,7 +132,7 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
                 started = time.perf_counter()
                 outcome, sent = "OK", 0
                 try:
-                    async for item in inner_stream(request, context):
+                    async for item in inner_stream(_decoded(request), context):
                         sent += 1
                         yield item
                 except grpc.aio.AbortError:
@@ -120,7 +153,7 @@ class LunaErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -100,6 +100,53 @@ async def test_non_finite_parameters_over_grpc_are_invalid_with_the_path(channel
     assert error.extra["path"] == "analytics[0].parameters.roi.y" and "finite" in error.detail
 
 
+def _nested_parameters(depth: int) -> bytes:
+    """A CreateStreamRequest whose parameters nest ``depth`` objects deep, as wire bytes."""
+    value: dict[str, object] = {"probe_count": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    request = streams_pb2.CreateStreamRequest(
+        data=streams_pb2.StreamData(reference="rtsp://127.0.0.1:1/x"), status=streams_pb2.STREAM_STATUS_PAUSE
+    )
+    analytic = request.analytics.add(analytic_name="people_counter")
+    # Filled in place: copying the Struct in would decode it, and decoding is what fails.
+    json_format.ParseDict(value, analytic.parameters)
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("method", "raw"),
+    [
+        # Valid protobuf that protobuf's own decoder refuses: past its 100-level limit.
+        ("/lva.v1.StreamsService/CreateStream", _nested_parameters(40)),
+        # A truncated length-delimited field, on a unary and on a server-streaming RPC.
+        ("/lva.v1.StreamsService/GetStream", b"\x0a\x05ab"),
+        ("/lva.v1.StreamsService/WatchStream", b"\x0a\x05ab"),
+    ],
+)
+async def test_undecodable_requests_get_a_luna_status(
+    channel: grpc.aio.Channel, method: str, raw: bytes
+) -> None:
+    def identity(data: bytes) -> bytes:
+        return data
+
+    if method.endswith("WatchStream"):
+        call = channel.unary_stream(method, request_serializer=identity, response_deserializer=identity)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call(raw):
+                pass
+    else:
+        unary = channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unary(raw)
+    # Not grpc's own INTERNAL "Exception deserializing request!": a LUNA 12027.
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    error = from_trailers(caught.value.trailing_metadata())
+    assert error is not None and error.code == 12027 and "could not be decoded" in error.detail
+    reply = await agent_pb2_grpc.AgentServiceStub(channel).GetVersion(agent_pb2.GetVersionRequest())
+    assert reply.version.api == 1
+
+
 async def test_standard_health_service(channel: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     for service in ("", "lva.v1.AgentService", "lva.v1.StreamsService"):

@@ -228,6 +228,28 @@ async def test_non_finite_parameters_are_a_400_with_the_path(
         assert resp.status == 200  # and the service is fine
 
 
+@pytest.mark.parametrize(
+    ("depth", "path"),
+    [
+        (40, "analytics[0].parameters" + ".a" * 20),
+        (300, "analytics[0].parameters" + ".a" * 20),
+    ],
+)
+async def test_deeply_nested_parameters_are_a_400_with_the_path(
+    http: aiohttp.ClientSession, base_url: str, sample: Path, depth: int, path: str
+) -> None:
+    # 40 objects deep is valid JSON that protobuf's decoder in the core could not read back.
+    parameters = '{"a": ' * depth + "1" + "}" * depth
+    analytic = '{"analytic_name": "people_counter", "parameters": ' + parameters + "}"
+    body = '{"data": {"reference": ' + json.dumps(str(sample)) + '}, "analytics": [' + analytic + "]}"
+    headers = {"Content-Type": "application/json"}
+    async with http.post(f"{base_url}/1/streams", data=body.encode(), headers=headers) as resp:
+        assert resp.status == 400, await resp.text()
+        payload = await resp.json()
+    assert_luna_error(payload, 12027)
+    assert payload["path"] == path and "nested too deeply" in payload["detail"]
+
+
 async def test_bad_stream_ids(http: aiohttp.ClientSession, base_url: str) -> None:
     async with http.get(f"{base_url}/1/streams/not-a-uuid") as resp:
         assert resp.status == 400
