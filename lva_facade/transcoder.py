@@ -8,6 +8,7 @@ Unknown query parameters are an error (12012), as LUNA's services answer.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import grpc
@@ -223,14 +224,27 @@ def make_handler(route: Route, core: CoreClient) -> Handler:
     return handle
 
 
+_AIOHTTP_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def aiohttp_path(path: str) -> str:
+    """``/1/streams/{stream_id}`` with each variable matching any one segment.
+
+    aiohttp's own ``{name}`` stops at braces: ``/1/streams/{<uuid>}`` matched no route (47002),
+    where the id deserves the core's answer about it (12012, not a UUID).
+    """
+    return _AIOHTTP_VARIABLE.sub(lambda m: "{" + m.group(1) + ":[^/]+}", path)
+
+
 def add_routes(app: web.Application, routes: list[Route], core: CoreClient) -> None:
     """Register every unary route; server-streaming RPCs are bridged by hand (the WebSocket)."""
     for route in routes:
         if route.server_streaming or route.method.client_streaming:
             continue
         handler = make_handler(route, core)
+        path = aiohttp_path(route.path)
         if route.http_method == "GET":
             # HEAD wherever GET works (load balancers probe with it); aiohttp drops the body.
-            app.router.add_get(route.path, handler, allow_head=True)
+            app.router.add_get(path, handler, allow_head=True)
         else:
-            app.router.add_route(route.http_method, route.path, handler)
+            app.router.add_route(route.http_method, path, handler)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
+from lva_common.ids import canonical_uuid
 from lva_core.analytics.base import Analytic
 from lva_core.events.bus import EventBus
 from lva_core.events.messages import StreamEvent
@@ -23,8 +24,9 @@ from lva_core.streams.store.sqlite import SqliteStreamStore
 from lva_core.streams.validation import (
     MAX_DESCRIPTION,
     MAX_NAME,
+    body_uuid,
     check_text,
-    check_uuid,
+    query_uuid,
     validate_analytics,
     validate_autorestart,
     validate_data,
@@ -86,8 +88,7 @@ class StreamManager:
             await worker.stop()
 
     async def create(self, spec: StreamSpec) -> StreamRecord:
-        if spec.account_id:
-            check_uuid(spec.account_id, "account_id")
+        account_id = body_uuid(spec.account_id, "account_id") if spec.account_id else ""
         check_text(spec.name, "name", MAX_NAME)
         check_text(spec.description, "description", MAX_DESCRIPTION)
         if spec.data is None:
@@ -97,7 +98,7 @@ class StreamManager:
             raise invalid("status", "a new stream is pending or pause")
         record = StreamRecord(
             stream_id=str(uuid.uuid4()),
-            account_id=spec.account_id,
+            account_id=account_id,
             name=spec.name,
             description=spec.description,
             data=validate_data(spec.data, list(self.settings.allowed_dirs)),
@@ -114,10 +115,8 @@ class StreamManager:
         return record
 
     def get(self, stream_id: str, account_id: str = "") -> StreamRecord:
-        try:
-            uuid.UUID(stream_id)
-        except ValueError:
-            raise LunaError(BAD_QUERY, f"stream_id {stream_id!r} is not a UUID") from None
+        stream_id = query_uuid(stream_id, "stream_id")
+        account_id = query_uuid(account_id, "account_id") if account_id else ""
         record = self.records.get(stream_id)
         # Another account's stream answers exactly like a missing one: nothing leaks.
         if record is None or (account_id and record.account_id != account_id):
@@ -129,6 +128,7 @@ class StreamManager:
     ) -> tuple[list[StreamRecord], int]:
         if page < 0 or page_size < 0:
             raise LunaError(BAD_QUERY, "page and page_size must not be negative")
+        account_id = query_uuid(account_id, "account_id") if account_id else ""
         page, page_size = page or 1, min(page_size or 100, 1000)
         matching = [
             r
@@ -140,6 +140,7 @@ class StreamManager:
 
     async def update(self, stream_id: str, target: Status, account_id: str = "") -> StreamRecord:
         record = self.get(stream_id, account_id)  # another account's stream: not found, as in get
+        stream_id = record.stream_id  # the canonical form, whatever the caller's case
         if target not in USER_TARGETS:
             raise invalid("status", "must be pause or pending")
         if record.status is target or (target is Status.PENDING and record.status in RUNNING):
@@ -163,7 +164,7 @@ class StreamManager:
         return record
 
     async def delete(self, stream_id: str, account_id: str = "") -> None:
-        self.get(stream_id, account_id)  # checks the id and the owner
+        stream_id = self.get(stream_id, account_id).stream_id  # checks the owner; the canonical id
         await self._persist(self.store.delete(stream_id))  # first: a failed delete changes nothing
         await self._stop_worker(stream_id)
         del self.records[stream_id]
@@ -202,6 +203,8 @@ class StreamManager:
                     record.status, record.error = Status.PENDING, None
                 record.last_update_time = time.time()
                 self.store.note_status(record)
+            # Stores written before ids were canonical may hold an upper-case account.
+            record.account_id = canonical_uuid(record.account_id) or record.account_id
             self.records[record.stream_id] = record
         if self.store.persistent:
             log.info("stream store %s: %d streams loaded", self.store.location, len(self.records))

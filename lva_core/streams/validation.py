@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lva_common.errors import invalid
+from lva_common.errors import BAD_QUERY, LunaError, invalid
+from lva_common.ids import canonical_uuid
 from lva_core.analytics.base import Analytic
 from lva_core.pipeline.source.errors import SourceError
 from lva_core.pipeline.source.reference import is_network, validate_reference
@@ -27,11 +27,20 @@ def check_text(value: str, path: str, limit: int) -> None:
         raise invalid(path, f"is {len(value)} characters long; at most {limit}")
 
 
-def check_uuid(value: str, path: str) -> None:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        raise invalid(path, f"{value!r} is not a UUID") from None
+def body_uuid(value: str, path: str) -> str:
+    """A UUID from a request body, in its canonical lower-case form (lva_common.ids), or 12027."""
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise invalid(path, f"{value!r} is not a UUID (8-4-4-4-12 hex digits)")
+    return canonical
+
+
+def query_uuid(value: str, name: str) -> str:
+    """A UUID that names an object to look up (a path or query value), canonical, or 12012."""
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise LunaError(BAD_QUERY, f"{name} {value!r} is not a UUID (8-4-4-4-12 hex digits)", {"path": name})
+    return canonical
 
 
 def validate_data(data: SourceData, allowed_dirs: list[Path] | None) -> SourceData:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +9,7 @@ import grpc
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
 from lva_common.errors import TOO_MANY_REQUESTS, LunaError, invalid
+from lva_common.ids import canonical_uuid
 from lva_core.api.convert import (
     status_from_proto,
     stream_spec_from_request,
@@ -24,14 +24,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _bucket_key(account_id: str) -> str:
-    """The rate limit's key: the canonical UUID, so that a key is small whatever the caller
-    sends; every malformed id shares one bucket (creation refuses them anyway)."""
+    """The rate limit's key: the canonical UUID, the form streams are stored under, so that a key
+    is small whatever the caller sends; every malformed id shares one bucket (creation refuses
+    them anyway)."""
     if not account_id:
         return ""
-    try:
-        return str(uuid.UUID(account_id))
-    except ValueError:
-        return "invalid"
+    return canonical_uuid(account_id) or "invalid"
 
 
 class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
