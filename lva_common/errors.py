@@ -82,7 +82,10 @@ _ALL = [
         "Stream processing error",
         500,
         _S.INTERNAL,
-        "A stream could not be processed (source, decoding or analytics failure).",
+        "LUNA's code, kept for compatibility; this agent never answers with it. A stream it cannot "
+        "process (source, decoding or analytics failure) shows that in its status (restart or "
+        "failure) and its error, never as an API error; inference failures show in "
+        "statistics.last_error.",
     ),
     _spec(
         47001,
@@ -158,6 +161,15 @@ _ALL = [
         "Upgrade: websocket, Connection: Upgrade, a Sec-WebSocket-Key of 16 base64 bytes and "
         "Sec-WebSocket-Version 13.",
     ),
+    _spec(
+        47013,
+        "Malformed HTTP request",
+        400,
+        _S.INVALID_ARGUMENT,
+        "The HTTP parser refused the request before any route saw it: a request line or header "
+        "that is not valid HTTP/1.1 (bytes outside ASCII, a header over 8190 bytes), or framing that "
+        "cannot be trusted (Content-Length not a number, bad chunked encoding). The connection is closed.",
+    ),
     _spec(47101, "Inference server unavailable", 503, _S.UNAVAILABLE, "Triton is not live or not ready."),
     _spec(47102, "Model not found", 404, _S.NOT_FOUND, "The model is not in the Triton repository."),
     _spec(47103, "Model error", 500, _S.INTERNAL, "Triton failed to load, unload or run a model."),
@@ -184,6 +196,7 @@ BODY_TOO_LARGE = REGISTRY[47009]
 UNAUTHORIZED = REGISTRY[47010]
 TOO_MANY_REQUESTS = REGISTRY[47011]
 BAD_HANDSHAKE = REGISTRY[47012]
+BAD_HTTP = REGISTRY[47013]
 TRITON_UNAVAILABLE = REGISTRY[47101]
 MODEL_NOT_FOUND = REGISTRY[47102]
 MODEL_ERROR = REGISTRY[47103]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-
-from aiohttp import web
 
 from lva_common.config import load_config
 from lva_common.logs import setup_logging
 from lva_facade.app import build_app
+from lva_facade.http_protocol import serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,16 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lva_facade").info(
         "facade on %s:%s -> core %s", facade["host"], facade["port"], facade["core_address"]
     )
-    web.run_app(
-        build_app(config),
-        host=facade["host"],
-        port=int(facade["port"]),
-        print=None,
-        access_log=None,
-        handle_signals=True,
-        # Open WebSockets would otherwise hold the shutdown for a minute.
-        shutdown_timeout=3.0,
-    )
+    # Not web.run_app: its runner's connections would answer the HTTP parser's refusals in plain text.
+    asyncio.run(serve(build_app(config), facade["host"], int(facade["port"])))
 
 
 if __name__ == "__main__":
