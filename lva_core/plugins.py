@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -19,9 +20,12 @@ class PluginInfo:
     distribution: str
     entry_point: str
     enabled: bool
+    distribution_version: str
 
 
-def discover_plugins(config: dict[str, Any]) -> list[PluginInfo]:
+def discover_plugins(config: dict[str, Any], loaded: Mapping[str, str]) -> list[PluginInfo]:
+    """Every plugin installed; ``loaded`` maps the names of those the core loaded to their own
+    version, the one the analytics catalogue shows (a package's version is another thing)."""
     disabled = set(config.get("plugins", {}).get("disabled") or [])
     found: list[PluginInfo] = []
     for group, kind in GROUPS.items():
@@ -31,10 +35,11 @@ def discover_plugins(config: dict[str, Any]) -> list[PluginInfo]:
                 PluginInfo(
                     name=ep.name,
                     kind=kind,
-                    version=dist.version if dist is not None else "",
+                    version=loaded.get(ep.name, ""),
                     distribution=dist.name if dist is not None else "",
                     entry_point=ep.value,
                     enabled=ep.name not in disabled,
+                    distribution_version=dist.version if dist is not None else "",
                 )
             )
     return sorted(found, key=lambda p: (p.kind, p.name))

@@ -9,10 +9,10 @@ import yaml
 from aiohttp import web
 
 from lva_common.errors import ROUTE_NOT_FOUND, LunaError
-from lva_facade.negotiation import negotiate
+from lva_facade.negotiation import YAML_MEDIA, negotiate
 from lva_facade.openapi_html import render_html
 
-SPEC_MEDIA = ("application/x-yaml", "text/html")
+SPEC_MEDIA = (*YAML_MEDIA, "text/html")
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -32,7 +32,7 @@ def add_docs_routes(app: web.Application, spec: dict[str, Any], manual_dir: Path
         media = negotiate(request.headers.get("Accept"), SPEC_MEDIA)
         if media == "text/html":
             return web.Response(text=spec_html, content_type="text/html")
-        return web.Response(text=spec_yaml, content_type="application/x-yaml")
+        return web.Response(text=spec_yaml, content_type=media)
 
     async def get_manual(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/docs/dev/index.html")

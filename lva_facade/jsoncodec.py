@@ -25,6 +25,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from lva.v1 import options_pb2
+
 _F = FieldDescriptor
 _INT_TYPES = {
     _F.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -123,7 +125,10 @@ def _plain_json(value: Any) -> Any:
         # -0.0 stays a float: as the int 0 it would come back as +0.0.
         return value if value == 0 and math.copysign(1.0, value) < 0 else int(value)
     if isinstance(value, dict):
-        return {k: _plain_json(v) for k, v in value.items()}
+        # A Struct is a protobuf map, whose order is the hash table's: the same config or event
+        # came out with its keys in a different order from one answer to the next. Sorted, it is
+        # stable and diffable.
+        return {k: _plain_json(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [_plain_json(v) for v in value]
     return value
@@ -184,6 +189,33 @@ def _utf8(text: str, path: str) -> str:
     return text
 
 
+def declared_bounds(field: FieldDescriptor) -> tuple[int | None, int | None]:
+    """The field's ``(lva.v1.bounds)`` option: its minimum and maximum, None where not declared."""
+    options = field.GetOptions()
+    if not options.HasExtension(options_pb2.bounds):
+        return None, None
+    bounds = options.Extensions[options_pb2.bounds]
+    return (
+        bounds.minimum if bounds.HasField("minimum") else None,
+        bounds.maximum if bounds.HasField("maximum") else None,
+    )
+
+
+def int_bounds(field: FieldDescriptor) -> tuple[int, int]:
+    """The range an integer field accepts: its declared bounds within its wire type's range."""
+    low, high = _INT_TYPES[field.type]
+    minimum, maximum = declared_bounds(field)
+    return max(low, minimum if minimum is not None else low), min(
+        high, maximum if maximum is not None else high
+    )
+
+
+# An integer as a query string writes it. int() also takes "1_0", " 7 " and Unicode digits ("٣").
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+# A JSON number's shape; float() also takes "nan", "inf" and the same oddities.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     kind = field.type
     if kind == _F.TYPE_ENUM:
@@ -193,7 +225,7 @@ def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise CodecError(path, f"must be an integer, not {type(value).__name__}")
-        low, high = _INT_TYPES[kind]
+        low, high = int_bounds(field)
         if not low <= value <= high:
             raise CodecError(path, f"must be between {low} and {high}")
         return value
@@ -345,15 +377,13 @@ def parse_query_value(field: FieldDescriptor, text: str, path: str) -> Any:
     """A query-string value as the JSON value its field expects."""
     kind = field.type
     if kind in _INT_TYPES:
-        try:
-            return int(text)
-        except ValueError:
-            raise CodecError(path, f"must be an integer, not {text!r}") from None
+        if not _DECIMAL.fullmatch(text) or len(text) > 40:  # 40 digits: beyond every wire type
+            raise CodecError(path, f"must be an integer, not {text!r}")
+        return int(text)
     if kind in _FLOAT_TYPES:
-        try:
-            return float(text)
-        except ValueError:
-            raise CodecError(path, f"must be a number, not {text!r}") from None
+        if not _NUMBER.fullmatch(text):
+            raise CodecError(path, f"must be a number, not {text!r}")
+        return float(text)
     if kind == _F.TYPE_BOOL:
         lowered = text.lower()
         if lowered in _TRUE | _FALSE:

@@ -48,3 +48,8 @@ def negotiate(accept: str | None, produces: Sequence[str]) -> str:
     if best is None:
         raise LunaError(UNSUPPORTED_MEDIA_TYPE, f"Accept {accept!r} is not one of {', '.join(produces)}")
     return best[1]
+
+
+# The YAML media types, the registered one (RFC 9512) and the older one the seed names for
+# /docs/spec. Every route that renders YAML answers to either, with the type that was asked for.
+YAML_MEDIA = ("application/x-yaml", "application/yaml")

@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from lva_common.errors import REGISTRY
-from lva_facade.jsoncodec import enum_choices, is_repeated, json_name
+from lva_facade.jsoncodec import declared_bounds, enum_choices, is_repeated, json_name
 from lva_facade.request_id import HEADER, PATTERN
 from lva_facade.routes import Route
 
@@ -120,8 +120,13 @@ class SchemaBuilder:
         if kind in _INTEGER_FORMATS:
             fmt, minimum = _INTEGER_FORMATS[kind]
             schema: dict[str, Any] = {"type": "integer", "format": fmt}
+            declared_min, declared_max = declared_bounds(field)
+            if declared_min is not None:
+                minimum = max(declared_min, minimum or declared_min)
             if minimum is not None:
                 schema["minimum"] = minimum
+            if declared_max is not None:
+                schema["maximum"] = declared_max
             return schema
         if kind in (_F.TYPE_FLOAT, _F.TYPE_DOUBLE):
             return {"type": "number"}

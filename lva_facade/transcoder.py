@@ -38,7 +38,7 @@ from lva_facade.jsoncodec import (
     parse_query_value,
     set_field,
 )
-from lva_facade.negotiation import negotiate
+from lva_facade.negotiation import YAML_MEDIA, negotiate
 from lva_facade.request_id import METADATA_KEY, Handler, request_id_of
 from lva_facade.routes import Route
 
@@ -135,15 +135,21 @@ def _bind_path(message: Message, route: Route, match_info: dict[str, str]) -> No
 def _bind_query(message: Message, route: Route, request: web.Request) -> None:
     allowed = {json_name(f): f for f in route.query_fields()}
     allowed.update({f.name: f for f in route.query_fields()})
-    for key in set(request.query.keys()):
+    for key in sorted(set(request.query.keys())):  # sorted: the same error for the same request
         field = allowed.get(key)
         if field is None:
             known = ", ".join(sorted({json_name(f) for f in route.query_fields()})) or "none"
             raise LunaError(BAD_QUERY, f"unknown query parameter {key!r} (accepted: {known})")
         values = request.query.getall(key)
+        if len(values) > 1 and not is_repeated(field):
+            # Taking the first or the last would each be a guess that some proxy or client
+            # makes the other way (HTTP parameter pollution).
+            raise LunaError(
+                BAD_QUERY, f"query parameter {key!r} is given {len(values)} times; it takes one value"
+            )
         try:
             parsed = [parse_query_value(field, v, key) for v in values]
-            value = parsed if is_repeated(field) else parsed[-1]
+            value = parsed if is_repeated(field) else parsed[0]
             message.ClearField(field.name)
             set_field(message, field, value, key)
         except CodecError as exc:
@@ -196,9 +202,10 @@ def _render(route: Route, response: Message, media: str) -> web.Response:
     data = message_to_json(response)
     if route.response_body:
         data = data[json_name(response.DESCRIPTOR.fields_by_name[route.response_body])]
-    if media == "text/plain":
+    if media == "text/plain" or media in YAML_MEDIA:
+        # The seed's text/plain for /1/config is YAML text; so is either YAML type, as on /docs/spec.
         return web.Response(
-            text=yaml.safe_dump(data, sort_keys=False), content_type="text/plain", status=route.success_status
+            text=yaml.safe_dump(data, sort_keys=False), content_type=media, status=route.success_status
         )
     return web.json_response(data, status=route.success_status)
 

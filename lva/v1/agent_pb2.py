@@ -27,17 +27,19 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from lva.v1 import options_pb2 as lva_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lva/v1/agent.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14lva/v1/options.proto\"\x13\n\x11GetVersionRequest\"G\n\x0bVersionInfo\x12\x0b\n\x03\x61pi\x18\x01 \x01(\x05\x12\r\n\x05major\x18\x02 \x01(\x05\x12\r\n\x05minor\x18\x03 \x01(\x05\x12\r\n\x05patch\x18\x04 \x01(\x05\"C\n\x12GetVersionResponse\x12-\n\x07version\x18\x01 \x01(\x0b\x32\x13.lva.v1.VersionInfoR\x07Version\"\x12\n\x10GetConfigRequest\"<\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListPluginsRequest\"q\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x06 \x01(\t\"6\n\x13ListPluginsResponse\x12\x1f\n\x07plugins\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Plugin\"3\n\x12\x43heckHealthRequest\x12\x1d\n\x15include_luna_services\x18\x01 \x01(\x05\"-\n\x13\x43heckHealthResponse\x12\x16\n\x0e\x65xecution_time\x18\x01 \x01(\x01\x32\x9c\x04\n\x0c\x41gentService\x12w\n\nGetVersion\x12\x19.lva.v1.GetVersionRequest\x1a\x1a.lva.v1.GetVersionResponse\"2\x8a\xc4\x18\x1e\"\x13get service version*\x07version\x82\xd3\xe4\x93\x02\n\x12\x08/version\x12\x8e\x01\n\tGetConfig\x12\x18.lva.v1.GetConfigRequest\x1a\x19.lva.v1.GetConfigResponse\"L\x8a\xc4\x18/\x12\ntext/plain\"\x19get service configuration*\x06\x63onfig\x82\xd3\xe4\x93\x02\x13\x12\t/1/configb\x06\x63onfig\x12|\n\x0bListPlugins\x12\x1a.lva.v1.ListPluginsRequest\x1a\x1b.lva.v1.ListPluginsResponse\"4\x8a\xc4\x18\x1e\"\x13get list of plugins*\x07plugins\x82\xd3\xe4\x93\x02\x0c\x12\n/1/plugins\x12\x83\x01\n\x0b\x43heckHealth\x12\x1a.lva.v1.CheckHealthRequest\x1a\x1b.lva.v1.CheckHealthResponse\";\x8a\xc4\x18#\x18\xf1\xa8\x02\"\x15get health of service*\x06health\x82\xd3\xe4\x93\x02\x0e\x12\x0c/healthcheckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lva/v1/agent.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14lva/v1/options.proto\"\x13\n\x11GetVersionRequest\"G\n\x0bVersionInfo\x12\x0b\n\x03\x61pi\x18\x01 \x01(\x05\x12\r\n\x05major\x18\x02 \x01(\x05\x12\r\n\x05minor\x18\x03 \x01(\x05\x12\r\n\x05patch\x18\x04 \x01(\x05\"C\n\x12GetVersionResponse\x12-\n\x07version\x18\x01 \x01(\x0b\x32\x13.lva.v1.VersionInfoR\x07Version\"\x12\n\x10GetConfigRequest\"<\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListPluginsRequest\"\x8f\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x06 \x01(\t\x12\x1c\n\x14\x64istribution_version\x18\x07 \x01(\t\"6\n\x13ListPluginsResponse\x12\x1f\n\x07plugins\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Plugin\"=\n\x12\x43heckHealthRequest\x12\'\n\x15include_luna_services\x18\x01 \x01(\x05\x42\x08\x92\xc4\x18\x04\x08\x00\x10\x01\"-\n\x13\x43heckHealthResponse\x12\x16\n\x0e\x65xecution_time\x18\x01 \x01(\x01\x32\xc2\x04\n\x0c\x41gentService\x12w\n\nGetVersion\x12\x19.lva.v1.GetVersionRequest\x1a\x1a.lva.v1.GetVersionResponse\"2\x8a\xc4\x18\x1e\"\x13get service version*\x07version\x82\xd3\xe4\x93\x02\n\x12\x08/version\x12\xb4\x01\n\tGetConfig\x12\x18.lva.v1.GetConfigRequest\x1a\x19.lva.v1.GetConfigResponse\"r\x8a\xc4\x18U\x12\ntext/plain\x12\x12\x61pplication/x-yaml\x12\x10\x61pplication/yaml\"\x19get service configuration*\x06\x63onfig\x82\xd3\xe4\x93\x02\x13\x12\t/1/configb\x06\x63onfig\x12|\n\x0bListPlugins\x12\x1a.lva.v1.ListPluginsRequest\x1a\x1b.lva.v1.ListPluginsResponse\"4\x8a\xc4\x18\x1e\"\x13get list of plugins*\x07plugins\x82\xd3\xe4\x93\x02\x0c\x12\n/1/plugins\x12\x83\x01\n\x0b\x43heckHealth\x12\x1a.lva.v1.CheckHealthRequest\x1a\x1b.lva.v1.CheckHealthResponse\";\x8a\xc4\x18#\x18\xf1\xa8\x02\"\x15get health of service*\x06health\x82\xd3\xe4\x93\x02\x0e\x12\x0c/healthcheckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lva.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHECKHEALTHREQUEST'].fields_by_name['include_luna_services']._loaded_options = None
+  _globals['_CHECKHEALTHREQUEST'].fields_by_name['include_luna_services']._serialized_options = b'\222\304\030\004\010\000\020\001'
   _globals['_AGENTSERVICE'].methods_by_name['GetVersion']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['GetVersion']._serialized_options = b'\212\304\030\036\"\023get service version*\007version\202\323\344\223\002\n\022\010/version'
   _globals['_AGENTSERVICE'].methods_by_name['GetConfig']._loaded_options = None
-  _globals['_AGENTSERVICE'].methods_by_name['GetConfig']._serialized_options = b'\212\304\030/\022\ntext/plain\"\031get service configuration*\006config\202\323\344\223\002\023\022\t/1/configb\006config'
+  _globals['_AGENTSERVICE'].methods_by_name['GetConfig']._serialized_options = b'\212\304\030U\022\ntext/plain\022\022application/x-yaml\022\020application/yaml\"\031get service configuration*\006config\202\323\344\223\002\023\022\t/1/configb\006config'
   _globals['_AGENTSERVICE'].methods_by_name['ListPlugins']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['ListPlugins']._serialized_options = b'\212\304\030\036\"\023get list of plugins*\007plugins\202\323\344\223\002\014\022\n/1/plugins'
   _globals['_AGENTSERVICE'].methods_by_name['CheckHealth']._loaded_options = None
@@ -54,14 +56,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCONFIGRESPONSE']._serialized_end=355
   _globals['_LISTPLUGINSREQUEST']._serialized_start=357
   _globals['_LISTPLUGINSREQUEST']._serialized_end=377
-  _globals['_PLUGIN']._serialized_start=379
-  _globals['_PLUGIN']._serialized_end=492
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=494
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=548
-  _globals['_CHECKHEALTHREQUEST']._serialized_start=550
-  _globals['_CHECKHEALTHREQUEST']._serialized_end=601
-  _globals['_CHECKHEALTHRESPONSE']._serialized_start=603
-  _globals['_CHECKHEALTHRESPONSE']._serialized_end=648
-  _globals['_AGENTSERVICE']._serialized_start=651
-  _globals['_AGENTSERVICE']._serialized_end=1191
+  _globals['_PLUGIN']._serialized_start=380
+  _globals['_PLUGIN']._serialized_end=523
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=525
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=579
+  _globals['_CHECKHEALTHREQUEST']._serialized_start=581
+  _globals['_CHECKHEALTHREQUEST']._serialized_end=642
+  _globals['_CHECKHEALTHRESPONSE']._serialized_start=644
+  _globals['_CHECKHEALTHRESPONSE']._serialized_end=689
+  _globals['_AGENTSERVICE']._serialized_start=692
+  _globals['_AGENTSERVICE']._serialized_end=1270
 # @@protoc_insertion_point(module_scope)

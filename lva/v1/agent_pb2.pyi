@@ -164,10 +164,13 @@ class Plugin(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     DISTRIBUTION_FIELD_NUMBER: _builtins.int
     ENTRY_POINT_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Entry point name."""
     version: _builtins.str
-    """Version of the distribution that provides it."""
+    """The plugin's own version: for an analytic, the version GET /1/analytics shows. Empty when the
+    core has not loaded it (disabled, or it failed to load), since only loading can tell.
+    """
     kind: _builtins.str
     """Kind: "analytic" or "plugin"."""
     enabled: _builtins.bool
@@ -176,6 +179,8 @@ class Plugin(_message.Message):
     """Distribution (package) that provides it."""
     entry_point: _builtins.str
     """The entry point's target, "module:attribute"."""
+    distribution_version: _builtins.str
+    """Version of the distribution (package) that provides it."""
     def __init__(
         self,
         *,
@@ -185,10 +190,11 @@ class Plugin(_message.Message):
         enabled: _builtins.bool = ...,
         distribution: _builtins.str = ...,
         entry_point: _builtins.str = ...,
+        distribution_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distribution", b"distribution", "enabled", b"enabled", "entry_point", b"entry_point", "kind", b"kind", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distribution", b"distribution", "distribution_version", b"distribution_version", "enabled", b"enabled", "entry_point", b"entry_point", "kind", b"kind", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lva/v1/options.proto\x12\x06lva.v1\x1a google/protobuf/descriptor.proto\"q\n\nHttpExtras\x12\x16\n\x0esuccess_status\x18\x01 \x01(\x05\x12\x10\n\x08produces\x18\x02 \x03(\t\x12\x1b\n\x13upstream_error_code\x18\x03 \x01(\x05\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t:I\n\x0bhttp_extras\x12\x1e.google.protobuf.MethodOptions\x18\xc1\x88\x03 \x01(\x0b\x32\x12.lva.v1.HttpExtrasb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lva/v1/options.proto\x12\x06lva.v1\x1a google/protobuf/descriptor.proto\"q\n\nHttpExtras\x12\x16\n\x0esuccess_status\x18\x01 \x01(\x05\x12\x10\n\x08produces\x18\x02 \x03(\t\x12\x1b\n\x13upstream_error_code\x18\x03 \x01(\x05\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x0b\n\x03tag\x18\x05 \x01(\t\"L\n\x06\x42ounds\x12\x14\n\x07minimum\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\n\n\x08_minimumB\n\n\x08_maximum:I\n\x0bhttp_extras\x12\x1e.google.protobuf.MethodOptions\x18\xc1\x88\x03 \x01(\x0b\x32\x12.lva.v1.HttpExtras:?\n\x06\x62ounds\x12\x1d.google.protobuf.FieldOptions\x18\xc2\x88\x03 \x01(\x0b\x32\x0e.lva.v1.Boundsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,4 +34,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HTTPEXTRAS']._serialized_start=66
   _globals['_HTTPEXTRAS']._serialized_end=179
+  _globals['_BOUNDS']._serialized_start=181
+  _globals['_BOUNDS']._serialized_end=257
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,45 @@ class HttpExtras(_message.Message):
 
 Global___HttpExtras: _TypeAlias = HttpExtras  # noqa: Y015
 
+@_typing.final
+class Bounds(_message.Message):
+    """Bounds is the range of values an integer field accepts. The facade refuses a value outside it
+    with the field's path (quoting this range, not the wire type's), and the OpenAPI document
+    declares it; the core checks the same range for gRPC callers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    minimum: _builtins.int
+    """Smallest accepted value."""
+    maximum: _builtins.int
+    """Largest accepted value."""
+    def __init__(
+        self,
+        *,
+        minimum: _builtins.int | None = ...,
+        maximum: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_maximum", b"_maximum", "_minimum", b"_minimum", "maximum", b"maximum", "minimum", b"minimum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_maximum", b"_maximum", "_minimum", b"_minimum", "maximum", b"maximum", "minimum", b"minimum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__maximum: _TypeAlias = _typing.Literal["maximum"]  # noqa: Y015
+    _WhichOneofArgType__maximum: _TypeAlias = _typing.Literal["_maximum", b"_maximum"]  # noqa: Y015
+    _WhichOneofReturnType__minimum: _TypeAlias = _typing.Literal["minimum"]  # noqa: Y015
+    _WhichOneofArgType__minimum: _TypeAlias = _typing.Literal["_minimum", b"_minimum"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__maximum) -> _WhichOneofReturnType__maximum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum) -> _WhichOneofReturnType__minimum | None: ...
+
+Global___Bounds: _TypeAlias = Bounds  # noqa: Y015
+
 HTTP_EXTRAS_FIELD_NUMBER: _builtins.int
+BOUNDS_FIELD_NUMBER: _builtins.int
 http_extras: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___HttpExtras]
 """Read by lva_facade.routes; number from the range reserved for in-house extensions."""
+bounds: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___Bounds]
+"""Read by lva_facade.jsoncodec and lva_facade.openapi."""

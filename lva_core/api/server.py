@@ -73,7 +73,7 @@ class CoreServer:
 
     def _register(self) -> None:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.config, self.triton), self.server
+            AgentServicer(self.config, self.triton, self.catalogue), self.server
         )
         streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config))
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)

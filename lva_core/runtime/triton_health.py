@@ -78,10 +78,11 @@ async def check_triton(url: str, models: Sequence[str], timeout: float) -> list[
             ready = await deadline.run(client.is_server_ready(client_timeout=deadline.remaining()))
         except Exception as exc:
             return [ComponentError("triton", "unreachable", f"Triton at {url}: {_describe(exc, timeout)}")]
-        if not ready:
-            # Not fatal to the check: the per-model results below usually say why.
-            errors.append(ComponentError("triton", "not ready", f"Triton at {url} is not ready"))
         errors.extend(await _check_models(client, models, deadline))
+        if not ready and not errors:
+            # Triton is not ready whenever one of its models is not (strict readiness): with a
+            # model to blame, blaming the server too would send an operator to the wrong place.
+            errors.append(ComponentError("triton", "not ready", f"Triton at {url} is not ready"))
         return errors
     finally:
         with contextlib.suppress(Exception):

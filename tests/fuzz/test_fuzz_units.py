@@ -44,6 +44,7 @@ from lva_core.api.convert import source_data_from_proto, source_data_to_proto, s
 from lva_core.streams.validation import validate_analytics, validate_autorestart, validate_data
 from lva_facade.jsoncodec import (
     CodecError,
+    int_bounds,
     is_repeated,
     json_to_message,
     message_to_json,
@@ -126,18 +127,36 @@ def _struct_json() -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 
 
+_INTEGER_KINDS = {
+    _F.TYPE_INT32,
+    _F.TYPE_SINT32,
+    _F.TYPE_SFIXED32,
+    _F.TYPE_UINT32,
+    _F.TYPE_FIXED32,
+    _F.TYPE_INT64,
+    _F.TYPE_SINT64,
+    _F.TYPE_SFIXED64,
+    _F.TYPE_UINT64,
+    _F.TYPE_FIXED64,
+}
+
+
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     kind = field.type
     if kind == _F.TYPE_ENUM:
         return st.sampled_from([v.number for v in field.enum_type.values])
-    if kind in (_F.TYPE_INT32, _F.TYPE_SINT32, _F.TYPE_SFIXED32):
-        return st.integers(-(2**31), 2**31 - 1)
-    if kind in (_F.TYPE_UINT32, _F.TYPE_FIXED32):
-        return st.integers(0, 2**32 - 1)
-    if kind in (_F.TYPE_INT64, _F.TYPE_SINT64, _F.TYPE_SFIXED64):
-        return st.integers(-(2**63), 2**63 - 1)
-    if kind in (_F.TYPE_UINT64, _F.TYPE_FIXED64):
-        return st.integers(0, 2**64 - 1)
+    integer_kinds = (_F.TYPE_INT32, _F.TYPE_SINT32, _F.TYPE_SFIXED32, _F.TYPE_UINT32, _F.TYPE_FIXED32)
+    if kind in (
+        *integer_kinds,
+        _F.TYPE_INT64,
+        _F.TYPE_SINT64,
+        _F.TYPE_SFIXED64,
+        _F.TYPE_UINT64,
+        _F.TYPE_FIXED64,
+    ):
+        # The wire type's range, narrowed by the field's declared (lva.v1.bounds): what the API accepts.
+        low, high = int_bounds(field)
+        return st.integers(low, high)
     if kind == _F.TYPE_DOUBLE:
         return _finite
     if kind == _F.TYPE_FLOAT:

@@ -60,7 +60,7 @@ def make_server() -> Iterator[Callable[[list[ComponentError]], tuple[Any, SyncAd
     def make(errors: list[ComponentError]) -> tuple[Any, SyncAdapter, FakeHealth]:
         config = load_config(environ={"LVA_FACADE__AUTH_TOKEN": "tok", "LVA_X__URL": "http://u:p@h/"})
         fake = FakeHealth(errors)
-        adapter = SyncAdapter(AgentServicer(config, fake))
+        adapter = SyncAdapter(AgentServicer(config, fake, {}))
         server = grpc_testing.server_from_dictionary({SERVICE: adapter}, grpc_testing.strict_real_time())
         return server, adapter, fake
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -11,6 +12,7 @@ from google.protobuf import struct_pb2
 from lva.v1 import agent_pb2, agent_pb2_grpc
 from lva_common.config import mask_secrets
 from lva_common.errors import BAD_QUERY, HEALTH_CHECK, LunaError
+from lva_core.analytics.base import Analytic
 from lva_core.plugins import discover_plugins
 from lva_core.runtime.triton_health import ComponentError
 from lva_core.version import API_VERSION, version_parts
@@ -23,9 +25,12 @@ class HealthSource(Protocol):
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, config: dict[str, Any], triton: HealthSource) -> None:
+    def __init__(
+        self, config: dict[str, Any], triton: HealthSource, catalogue: Mapping[str, Analytic]
+    ) -> None:
         self._config = config
         self._triton = triton
+        self._versions = {name: analytic.version for name, analytic in catalogue.items()}
 
     async def GetVersion(
         self, request: agent_pb2.GetVersionRequest, context: Context
@@ -52,8 +57,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 enabled=p.enabled,
                 distribution=p.distribution,
                 entry_point=p.entry_point,
+                distribution_version=p.distribution_version,
             )
-            for p in discover_plugins(self._config)
+            for p in discover_plugins(self._config, self._versions)
         ]
         return agent_pb2.ListPluginsResponse(plugins=plugins)
 
