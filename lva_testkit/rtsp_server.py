@@ -6,8 +6,8 @@ so this file has two halves:
 
 * imported (by tests and benchmarks, under the venv's Python): :class:`RtspServer` starts this
   same module as ``/usr/bin/python3 -m lva_testkit.rtsp_server`` (from the repository root) on
-  a free port, and stops, kills, freezes (SIGSTOP) and thaws (SIGCONT) it: the failure modes a
-  camera has.
+  port 0, reads back the port it bound, and stops, kills, freezes (SIGSTOP) and thaws (SIGCONT)
+  it: the failure modes a camera has.
 * run as a program: the server itself. The pipeline is the one DESIGN.md measured,
   ``filesrc ! qtdemux name=demux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96``.
   ``config-interval=-1`` repeats SPS/PPS before every keyframe, so a client joining at any
@@ -34,13 +34,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from lva_testkit.paths import REPO
-from lva_testkit.ports import free_port, port_open
+from lva_testkit.ports import listening_ports
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 _PROBE = (
@@ -100,7 +101,11 @@ class RtspServer:
         return f"rtsp://127.0.0.1:{self.port}{self.mount}"
 
     def start(self, timeout: float = 15.0) -> RtspServer:
-        """Start the server (on a free port the first time); return once it accepts connections."""
+        """Start the server; return once it accepts connections.
+
+        The first time (``port`` 0) the server binds port 0 and writes the port it got to a file,
+        which no other process can have taken first; a restart comes back at that port.
+        """
         with self._lock:
             self._spawn(timeout)
         self._stopped.clear()
@@ -124,37 +129,50 @@ class RtspServer:
     def _spawn(self, timeout: float) -> None:
         if not self.clip.is_file():
             raise FileNotFoundError(self.clip)
-        # A restarted server comes back at the same address, as a rebooted camera does.
-        self.port = self.port or free_port()
+        # A restarted server comes back at the same address, as a rebooted camera does; the
+        # first one binds port 0 and reports the port it got.
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
         output = self._log if self._log is not None else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [
-                SYSTEM_PYTHON,
-                "-m",
-                "lva_testkit.rtsp_server",
-                str(self.clip),
-                "--port",
-                str(self.port),
-                "--mount",
-                self.mount,
-                *([] if self.shared else ["--media-per-client"]),
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,  # where ``-m`` finds the kit
-            # Debian's Python must not pick up the venv's packages.
-            env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"RTSP server exited with {self.proc.returncode}; see {self.log_path}")
-            if port_open(self.port):
-                return
-            time.sleep(0.05)
+        with tempfile.TemporaryDirectory(prefix="rtsp-port-") as scratch:
+            port_file = Path(scratch) / "port"
+            self.proc = subprocess.Popen(
+                [
+                    SYSTEM_PYTHON,
+                    "-m",
+                    "lva_testkit.rtsp_server",
+                    str(self.clip),
+                    "--port",
+                    str(self.port),
+                    "--port-file",
+                    str(port_file),
+                    "--mount",
+                    self.mount,
+                    *([] if self.shared else ["--media-per-client"]),
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,  # where ``-m`` finds the kit
+                # Debian's Python must not pick up the venv's packages.
+                env={
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+                },
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"RTSP server exited with {self.proc.returncode}; see {self.log_path}")
+                # Written once the server is attached: it listens from then on.
+                if port_file.is_file() and (text := port_file.read_text()).endswith("\n"):
+                    bound = int(text)
+                    # At a given port, the server's own socket: not one another process took.
+                    if bound in listening_ports(self.proc.pid):
+                        self.port = bound
+                        return
+                time.sleep(0.05)
         self._kill()
-        raise TimeoutError(f"RTSP server not listening on {self.port} after {timeout} s")
+        raise TimeoutError(f"RTSP server not listening on port {self.port or '(any)'} after {timeout} s")
 
     @property
     def alive(self) -> bool:
@@ -205,7 +223,9 @@ class RtspServer:
 # ---- the server process (runs under /usr/bin/python3 with gi) ----------------------------------
 
 
-def _serve(clip: str, port: int, mount: str, shared: bool) -> None:  # pragma: no cover - runs in the child
+def _serve(
+    clip: str, port: int, mount: str, shared: bool, port_file: str | None
+) -> None:  # pragma: no cover - runs in the child
     import gi
 
     gi.require_version("Gst", "1.0")
@@ -256,16 +276,23 @@ def _serve(clip: str, port: int, mount: str, shared: bool) -> None:  # pragma: n
     server.get_mount_points().add_factory(mount, factory)
     if server.attach(None) == 0:
         raise SystemExit(f"cannot listen on 127.0.0.1:{port}")
-    print(f"serving {clip} at rtsp://127.0.0.1:{port}{mount}", flush=True)
+    bound = server.get_bound_port()  # the port it got, when asked for port 0
+    if port_file:
+        # Written whole and then renamed: the parent never reads half a number.
+        partial = Path(port_file + ".partial")
+        partial.write_text(f"{bound}\n")
+        partial.rename(port_file)
+    print(f"serving {clip} at rtsp://127.0.0.1:{bound}{mount}", flush=True)
     GLib.MainLoop().run()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Serve an H.264 MP4 over RTSP, looped.")
     parser.add_argument("clip")
-    parser.add_argument("--port", type=int, default=8554)
+    parser.add_argument("--port", type=int, default=8554, help="0: any free port (see --port-file)")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument("--mount", default="/stream")
     parser.add_argument("--media-per-client", action="store_true", help="a media per client (out of phase)")
     args = parser.parse_args()
-    _serve(args.clip, args.port, args.mount, shared=not args.media_per_client)
+    _serve(args.clip, args.port, args.mount, shared=not args.media_per_client, port_file=args.port_file)
     sys.exit(0)

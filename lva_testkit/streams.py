@@ -66,6 +66,15 @@ async def patch(http: aiohttp.ClientSession, base_url: str, stream_id: str, stat
         return dict(await resp.json())
 
 
+async def delete(http: aiohttp.ClientSession, base_url: str, stream_id: str) -> None:
+    """Delete a stream; for a test's ``finally``, so one failure leaves no stream on a shared core.
+
+    A stream the test has deleted already (404) is fine: this is cleanup, not the assertion.
+    """
+    async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+        assert resp.status in (204, 404), await resp.text()
+
+
 async def wait_status(
     http: aiohttp.ClientSession, base_url: str, stream_id: str, wanted: set[str], timeout: float
 ) -> dict[str, Any]:
@@ -80,8 +89,16 @@ async def wait_status(
         await asyncio.sleep(0.2)
 
 
-async def read_ws(uri: str, until: set[str] | None = None, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Read messages as the seed's sample client does, until a status in ``until`` (or close)."""
+async def read_ws(
+    uri: str,
+    until: set[str] | None = None,
+    timeout: float = 60.0,
+    subscribed: asyncio.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Read messages as the seed's sample client does, until a status in ``until`` (or close).
+
+    ``subscribed`` is set once the first message is in: see :func:`watch`.
+    """
     messages: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout), websockets.connect(uri) as websocket:
         while True:
@@ -91,8 +108,64 @@ async def read_ws(uri: str, until: set[str] | None = None, timeout: float = 60.0
                 return messages
             message = json.loads(data)
             messages.append(message)
+            if subscribed is not None:
+                subscribed.set()
             if until and message["stream_status"] in until:
                 return messages
+
+
+async def watch(
+    uri: str, until: set[str] | None = None, timeout: float = 60.0
+) -> asyncio.Task[list[dict[str, Any]]]:
+    """A :func:`read_ws` task, returned once the core has subscribed it to the stream's events.
+
+    The proof is the first message. The core subscribes a watch to the event bus before it
+    sends the stream's current status, the first message of every watch (docs/streams.md), so
+    everything published after that message reaches this reader: a test may act at once,
+    where a fixed sleep loses the first messages to a subscriber that is late on a busy machine.
+    The task's result includes that first message.
+    """
+    subscribed = asyncio.Event()
+    reader = asyncio.create_task(read_ws(uri, until, timeout, subscribed))
+    waiting = asyncio.create_task(subscribed.wait())
+    try:
+        await asyncio.wait({reader, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if subscribed.is_set():
+        return reader
+    if reader.done():
+        # Closed, or failed, before any message: the reader's own error says why.
+        messages = reader.result()
+        raise AssertionError(f"{uri} closed before its first message: {messages}")
+    reader.cancel()
+    raise AssertionError(f"no first message on {uri} within {timeout} s")
+
+
+def subscriber_count(metrics_text: str, stream_id: str) -> int:
+    """``lva_event_subscribers`` of one stream in the core's /metrics text (0 when absent)."""
+    series = f'lva_event_subscribers{{stream_id="{stream_id}"}} '
+    for line in metrics_text.splitlines():
+        if line.startswith(series):
+            return int(float(line[len(series) :]))
+    return 0
+
+
+async def wait_subscribers(
+    http: aiohttp.ClientSession, metrics_url: str, stream_id: str, count: int, timeout: float = 20.0
+) -> None:
+    """Wait until the core counts ``count`` event subscribers of the stream (its /metrics).
+
+    For subscribers that read nothing, and so never see their first message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(metrics_url) as resp:
+            now = subscriber_count(await resp.text(), stream_id)
+        if now >= count:
+            return
+        assert time.monotonic() < deadline, f"{now} subscribers of {stream_id}, wanted {count}"
+        await asyncio.sleep(0.1)
 
 
 def statuses(messages: list[dict[str, Any]]) -> list[str]:

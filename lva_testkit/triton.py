@@ -3,16 +3,72 @@
 Tests of the inference client, of the models and of model control run their own tritonserver
 on a repository of their own, and drive it through :class:`LocalTriton` itself (start, stop,
 kill) rather than through a separate process as :mod:`lva_testkit.stack` does.
+
+Triton's three ports are picked before it starts (it cannot report a port 0 it bound), so the
+first start checks that the server holds them itself and starts again on fresh ports when
+another process took one first (:mod:`lva_testkit.ports`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
+from lva_common.errors import TRITON_UNAVAILABLE, LunaError
+from lva_core.runtime import procfs
 from lva_core.runtime.triton_server import LocalTriton
 from lva_testkit.paths import MODEL_REPOSITORY, TRITON_ENV
-from lva_testkit.ports import free_ports
+from lva_testkit.ports import address_in_use, free_ports, listening_ports
+
+_ATTEMPTS = 3
+
+
+class KitTriton(LocalTriton):
+    """A LocalTriton whose first start moves to fresh ports if another process took one.
+
+    Later starts (a restart at one address, as the tests of restarts want) keep the ports, as
+    does a start whose gRPC port was given.
+    """
+
+    # Cleared at the first start: a restart comes back at the same address.
+    may_move = True
+
+    async def start(self) -> None:
+        attempts = _ATTEMPTS if self.may_move else 1
+        self.may_move = False
+        for attempt in range(1, attempts + 1):
+            try:
+                await super().start()
+            except LunaError as exc:
+                if attempt == attempts or not address_in_use(exc.detail):
+                    raise
+            else:
+                if await self._holds_ports() or attempts == 1:
+                    return
+                await self.stop()
+                if attempt == attempts:
+                    raise LunaError(
+                        TRITON_UNAVAILABLE, f"tritonserver does not hold its ports: {self._ports()}"
+                    )
+            self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
+
+    def _ports(self) -> set[int]:
+        return {self.grpc_port, self.http_port, self.metrics_port}
+
+    async def _holds_ports(self, timeout: float = 10.0) -> bool:
+        """Whether the server's own processes listen on its three ports (within ``timeout``):
+        its readiness probe is answered by whoever holds the gRPC port, and Triton may fail on
+        its HTTP or metrics port after it reports ready."""
+        deadline = time.monotonic() + timeout
+        while self.running and self.pid is not None:
+            if self._ports() <= listening_ports(procfs.tree(self.pid)):
+                return True
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        return False
 
 
 def local_triton(
@@ -22,10 +78,10 @@ def local_triton(
     model_control_mode: str = "explicit",
     startup_timeout: float = 60.0,
     extra_args: list[str] | None = None,
-) -> LocalTriton:
+) -> KitTriton:
     """A LocalTriton, not started, on free ports (``grpc_port`` if given: a restart at one address)."""
     free_grpc, http_port, metrics_port = free_ports(3)
-    return LocalTriton(
+    server = KitTriton(
         env_dir=TRITON_ENV,
         model_repository=model_repository,
         grpc_port=grpc_port or free_grpc,
@@ -35,6 +91,8 @@ def local_triton(
         startup_timeout=startup_timeout,
         extra_args=extra_args,
     )
+    server.may_move = grpc_port is None
+    return server
 
 
 def copy_models(repository: Path, *names: str) -> Path:

@@ -186,7 +186,12 @@ class Bench:
     def restart_core(self) -> None:
         old = self.stack.core
         self.stack.core = start_core(
-            self.log_dir, self.stack.triton.address, CORE_ENV, port=old.port, metrics_port=old.metrics_port
+            self.log_dir,
+            self.stack.triton.address,
+            CORE_ENV,
+            port=old.port,
+            metrics_port=old.metrics_port,
+            store=old.store_path,  # its streams come back with it
         )
 
     async def stop(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from lva_testkit.ports import refused_port
 from lva_testkit.stack import Service, start_core, start_facade, start_triton
 
 TESTS = Path(__file__).resolve().parent
@@ -90,3 +91,10 @@ def base_url(facade: Service) -> str:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+@pytest.fixture
+def nothing_listens() -> Iterator[int]:
+    """A loopback port where connections are refused for the whole test (held, not just picked)."""
+    with refused_port() as port:
+        yield port

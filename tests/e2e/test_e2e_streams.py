@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,15 +17,16 @@ from lva_testkit.streams import (
     FINAL,
     assert_luna_error,
     create,
+    delete,
     file_stream,
     get,
     patch,
-    read_ws,
     statuses,
     wait_status,
+    watch,
 )
 
-BOTH = [
+BOTH: list[dict[str, Any]] = [
     {
         "analytic_name": "people_counter",
         "parameters": {
@@ -37,6 +39,10 @@ BOTH = [
     },
     {"analytic_name": "human_tracking", "parameters": {"targets": ["ags"], "min_hits": 1}},
 ]
+
+
+# A valid account id that owns none of the test's streams (an invalid one is a 400, not a 404).
+OTHER_ACCOUNT = "5b6c7d8e-9f0a-4b1c-8d2e-3f4a5b6c7d8e"
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +60,13 @@ async def test_file_stream_with_both_analytics(
 ) -> None:
     # Created paused so that the WebSocket is listening before processing starts.
     stream_id = await create(http, base_url, file_stream(sample, BOTH, status="pause"))
-    reader = asyncio.create_task(read_ws(ws_uri(facade, stream_id), until=FINAL, timeout=120))
-    await asyncio.sleep(0.5)
-    await patch(http, base_url, stream_id, "pending")
-    messages = await reader
+    try:
+        reader = await watch(ws_uri(facade, stream_id), until=FINAL, timeout=120)
+        await patch(http, base_url, stream_id, "pending")
+        messages = await reader
+        stream = await get(http, base_url, stream_id)
+    finally:
+        await delete(http, base_url, stream_id)
 
     assert statuses(messages) == ["pause", "pending", "in_progress", "done"], statuses(messages)
     assert all(set(m) == {"stream_status", "error", "analytics_results"} for m in messages)
@@ -99,7 +108,6 @@ async def test_file_stream_with_both_analytics(
     ended = {t["track_id"] for t in tracks if t["phase"] == "end"}
     assert {t["track_id"] for t in starts} <= ended  # every track ends by the end of the file
 
-    stream = await get(http, base_url, stream_id)
     assert stream["status"] == "done" and stream["error"] is None
     stats = stream["statistics"]
     assert stats["frames_decoded"] == len(expected)
@@ -111,40 +119,46 @@ async def test_stream_resource_and_listing(http: aiohttp.ClientSession, base_url
     account = "9f0d6a8e-6d1f-4d2a-9a51-1a2b3c4d5e6f"
     body = file_stream(sample, BOTH[:1], status="pause", account_id=account, description="lobby")
     stream_id = await create(http, base_url, body)
-    stream = await get(http, base_url, stream_id)
-    assert (
-        stream["account_id"] == account and stream["description"] == "lobby" and stream["status"] == "pause"
-    )
-    assert stream["analytics"][0]["parameters"]["probe_count"] == 1  # as created, defaults filled in
-    assert stream["create_time"].endswith("Z") and stream["statistics"]["last_error"] is None
-    async with http.get(f"{base_url}/1/streams", params={"account_id": account}) as resp:
-        listed = await resp.json()
-    assert listed["count"] == 1 and listed["streams"][0]["stream_id"] == stream_id
-    async with http.get(
-        f"{base_url}/1/streams", params={"status": "pause", "page": "1", "page_size": "1"}
-    ) as resp:
-        page = await resp.json()
-    assert len(page["streams"]) == 1 and page["count"] >= 1
-    async with http.get(f"{base_url}/1/streams/{stream_id}", params={"account_id": "other"}) as resp:
-        assert resp.status == 404
-    async with http.get(f"{base_url}/1/analytics") as resp:
-        catalogue = {a["name"]: a for a in (await resp.json())["analytics"]}
-    assert catalogue["people_counter"]["models"] == ["person_detector"]
-    assert catalogue["human_tracking"]["models"] == ["face_detector", "face_attributes"]
-    assert "probe_count" in catalogue["people_counter"]["parameters_schema"]["properties"]
-    async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
-        assert resp.status == 204
-    async with http.get(f"{base_url}/1/streams/{stream_id}") as resp:
-        assert resp.status == 404
-        assert_luna_error(await resp.json(), 47004)
+    try:
+        stream = await get(http, base_url, stream_id)
+        assert (
+            stream["account_id"] == account
+            and stream["description"] == "lobby"
+            and stream["status"] == "pause"
+        )
+        assert stream["analytics"][0]["parameters"]["probe_count"] == 1  # as created, defaults filled in
+        assert stream["create_time"].endswith("Z") and stream["statistics"]["last_error"] is None
+        async with http.get(f"{base_url}/1/streams", params={"account_id": account}) as resp:
+            listed = await resp.json()
+        assert listed["count"] == 1 and listed["streams"][0]["stream_id"] == stream_id
+        async with http.get(
+            f"{base_url}/1/streams", params={"status": "pause", "page": "1", "page_size": "1"}
+        ) as resp:
+            page = await resp.json()
+        assert len(page["streams"]) == 1 and page["count"] >= 1
+        async with http.get(
+            f"{base_url}/1/streams/{stream_id}", params={"account_id": OTHER_ACCOUNT}
+        ) as resp:
+            assert resp.status == 404  # another account's stream is invisible
+        async with http.get(f"{base_url}/1/analytics") as resp:
+            catalogue = {a["name"]: a for a in (await resp.json())["analytics"]}
+        assert catalogue["people_counter"]["models"] == ["person_detector"]
+        assert catalogue["human_tracking"]["models"] == ["face_detector", "face_attributes"]
+        assert "probe_count" in catalogue["people_counter"]["parameters_schema"]["properties"]
+        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
+            assert resp.status == 204
+        async with http.get(f"{base_url}/1/streams/{stream_id}") as resp:
+            assert resp.status == 404
+            assert_luna_error(await resp.json(), 47004)
+    finally:
+        await delete(http, base_url, stream_id)  # 404 once the test has deleted it
 
 
 async def test_delete_ends_watchers(
     http: aiohttp.ClientSession, base_url: str, facade: Service, sample: Path
 ) -> None:
     stream_id = await create(http, base_url, file_stream(sample, [], status="pause"))
-    reader = asyncio.create_task(read_ws(ws_uri(facade, stream_id), timeout=20))
-    await asyncio.sleep(0.5)
+    reader = await watch(ws_uri(facade, stream_id), timeout=20)
     async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
         assert resp.status == 204
     messages = await reader  # returns because the server closed the socket
@@ -162,10 +176,13 @@ async def test_ws_rejects_before_upgrade(http: aiohttp.ClientSession, base_url: 
         assert_luna_error(await resp.json(), 47004)
     account = "1d7e9c2a-3b4f-4a6b-8c9d-0e1f2a3b4c5d"
     stream_id = await create(http, base_url, file_stream(sample, [], status="pause", account_id=account))
-    async with http.get(
-        f"{base_url}/1/ws", params={"stream_id": stream_id, "account_id": account[::-1]}
-    ) as resp:
-        assert resp.status == 404  # another account's stream is invisible
+    try:
+        async with http.get(
+            f"{base_url}/1/ws", params={"stream_id": stream_id, "account_id": OTHER_ACCOUNT}
+        ) as resp:
+            assert resp.status == 404  # another account's stream is invisible
+    finally:
+        await delete(http, base_url, stream_id)
 
 
 @pytest.mark.parametrize(
@@ -282,16 +299,20 @@ async def test_many_streams_batch_across_streams(
         }
     ]
     ids = [await create(http, base_url, file_stream(sample, counter, status="pause")) for _ in range(8)]
-    readers = [asyncio.create_task(read_ws(ws_uri(facade, i), until=FINAL, timeout=180)) for i in ids]
-    await asyncio.sleep(0.5)
-    for stream_id in ids:
-        await patch(http, base_url, stream_id, "pending")
-    received = await asyncio.gather(*readers)
-    streams = [await get(http, base_url, i) for i in ids]
+    try:
+        readers = [await watch(ws_uri(facade, i), until=FINAL, timeout=180) for i in ids]
+        for stream_id in ids:
+            await patch(http, base_url, stream_id, "pending")
+        received = await asyncio.gather(*readers)
+        streams = [await get(http, base_url, i) for i in ids]
+    finally:
+        for stream_id in ids:
+            await delete(http, base_url, stream_id)
     after = (await client.statistics("person_detector"))["model_stats"][0]
     await client.close()
     assert all(s["status"] == "done" for s in streams), [s["error"] for s in streams]
     processed = streams[0]["statistics"]["frames_processed"]
+    assert processed > 0  # else every check below holds of nothing
     assert all(s["statistics"]["frames_processed"] == processed for s in streams)
     for stream_id, messages in zip(ids, received, strict=True):
         crowd = [m["analytics_results"]["people_counter"] for m in messages if m["analytics_results"]]
@@ -301,9 +322,6 @@ async def test_many_streams_batch_across_streams(
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert inferences >= 8 * processed
     assert executions < inferences  # frames of different streams ran in one batch
-    for stream_id in ids:
-        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
-            assert resp.status == 204
 
 
 async def test_resume_is_idempotent(http: aiohttp.ClientSession, base_url: str, sample: Path) -> None:
@@ -346,15 +364,16 @@ async def test_patch_needs_a_status_and_paging_must_not_be_negative(
     http: aiohttp.ClientSession, base_url: str, sample: Path
 ) -> None:
     stream_id = await create(http, base_url, file_stream(sample, [], status="pause"))
-    async with http.patch(f"{base_url}/1/streams/{stream_id}", json={}) as resp:
-        assert resp.status == 400
-        body = await resp.json()
-    assert_luna_error(body, 12027)
-    assert body["path"] == "status"
-    async with http.patch(f"{base_url}/1/streams/{stream_id}", json={"status": "done"}) as resp:
-        assert resp.status == 400  # a user may only pause or resume
-    async with http.get(f"{base_url}/1/streams", params={"page": "-1"}) as resp:
-        assert resp.status == 400
-        assert_luna_error(await resp.json(), 12012)
-    async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
-        assert resp.status == 204
+    try:
+        async with http.patch(f"{base_url}/1/streams/{stream_id}", json={}) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+        assert_luna_error(body, 12027)
+        assert body["path"] == "status"
+        async with http.patch(f"{base_url}/1/streams/{stream_id}", json={"status": "done"}) as resp:
+            assert resp.status == 400  # a user may only pause or resume
+        async with http.get(f"{base_url}/1/streams", params={"page": "-1"}) as resp:
+            assert resp.status == 400
+            assert_luna_error(await resp.json(), 12012)
+    finally:
+        await delete(http, base_url, stream_id)

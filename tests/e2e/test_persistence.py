@@ -43,7 +43,6 @@ from lva_core.streams.store.factory import store_path
 from lva_core.streams.store.sqlite import MEMORY, SCHEMA_VERSION
 from lva_core.streams.store.sqlite import SqliteStreamStore as StreamStore
 from lva_testkit.clips import clip
-from lva_testkit.ports import free_port
 from lva_testkit.rtsp_server import RtspServer
 from lva_testkit.stack import Service, start_core, start_facade
 from lva_testkit.streams import EVERY_FRAME_COUNTER, create, get, patch, wait_status
@@ -329,7 +328,7 @@ async def _all(http: aiohttp.ClientSession, base_url: str, timeout: float = 30) 
 
 
 async def test_streams_survive_sigkill_and_sigterm_of_the_core(
-    http: aiohttp.ClientSession, triton: Service, tmp_path: Path
+    http: aiohttp.ClientSession, triton: Service, tmp_path: Path, nothing_listens: int
 ) -> None:
     store = tmp_path / "store" / "streams.sqlite3"
     config = tmp_path / "core.yaml"
@@ -343,7 +342,7 @@ async def test_streams_survive_sigkill_and_sigterm_of_the_core(
     facade = start_facade(tmp_path, core.address)
     try:
         base_url = f"http://{facade.address}"
-        refused = f"rtsp://127.0.0.1:{free_port()}/nothing-listens"
+        refused = f"rtsp://127.0.0.1:{nothing_listens}/nothing-listens"
         clip_path = clip(tmp_path, "short.mp4", seconds=2.0)
         live_id = await create(
             http, base_url, _network("live", camera.url, {"restart": 1, "attempt_count": 50, "delay": 0.5})
@@ -446,5 +445,6 @@ def test_a_damaged_store_stops_the_core_with_a_clear_message(triton: Service, tm
 def test_cores_of_the_test_suite_keep_their_streams_apart(core: Service, log_dir: Path) -> None:
     # The session's core (lva_testkit/stack.py start_core) has a store of its own, in the test's
     # temporary directory, never the repository's var/streams.sqlite3.
-    assert f"stream store {log_dir / f'streams-{core.port}.sqlite3'}: " in core.log_text()
+    assert core.store_path is not None and core.store_path.parent == log_dir
+    assert f"stream store {core.store_path}: " in core.log_text()
     assert "stream store var/" not in core.log_text()

@@ -14,7 +14,6 @@ from skimage import data
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import InferenceError, TritonClient
 from lva_core.runtime.triton_server import LocalTriton
-from lva_testkit.ports import free_port
 from lva_testkit.triton import copy_models, local_triton
 
 
@@ -124,8 +123,8 @@ async def test_unknown_model_is_typed(plain_client: TritonClient) -> None:
 
 async def test_triton_down_then_back(tmp_path: Path) -> None:
     repo = _repository(tmp_path)
-    port = free_port()
-    server = await _start(repo, port)
+    server = await _start(repo)
+    port = server.grpc_port  # where it came back: a restart at one address
     client = TritonClient(server.grpc_url, shared_memory=True, pool_bytes=64 << 20, timeout=2)
     batcher = ModelBatcher(client, "frame_stats", timeout=2)
     frame = _frames()[0]

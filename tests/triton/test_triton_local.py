@@ -26,7 +26,7 @@ from lva_core.runtime.triton_server import LocalTriton
 from lva_core.runtime.triton_shm import SHM_DIR, SHM_PREFIX, cleanup_stale_shm
 from lva_testkit.paths import MODEL_REPOSITORY as MODELS
 from lva_testkit.paths import REPO, TRITON_ENV
-from lva_testkit.ports import free_ports
+from lva_testkit.ports import address_in_use, free_ports, listening_ports
 from lva_testkit.triton import local_triton
 
 
@@ -161,7 +161,8 @@ async def test_stopped_triton_is_reported_and_leaves_nothing_behind() -> None:
     started = time.monotonic()
     errors = await check_triton(server.grpc_url, ["frame_stats"], timeout)
     elapsed = time.monotonic() - started
-    assert elapsed < timeout + 2
+    # What it guards against is a hang: the bound is the timeout plus slack for a loaded machine.
+    assert elapsed < timeout + 4
     assert len(errors) == 1
     assert isinstance(errors[0], ComponentError)
     assert errors[0].component == "triton"
@@ -178,7 +179,8 @@ async def test_check_triton_does_not_hang_on_a_silent_server() -> None:
         started = time.monotonic()
         errors = await check_triton(url, ["frame_stats"], 1.0)
         elapsed = time.monotonic() - started
-    assert elapsed < 2.0
+    # What it guards against is a hang: the bound is the 1 s timeout plus slack for a loaded machine.
+    assert elapsed < 1.0 + 4.0
     assert [(error.component, error.status) for error in errors] == [("triton", "unreachable")]
 
 
@@ -211,19 +213,39 @@ async def wait_gone(pid: int, within: float) -> bool:
     return True
 
 
+async def _start_cli(attempts: int = 3) -> tuple[asyncio.subprocess.Process, int]:
+    """The launcher CLI, READY on ports of its own: on fresh ones when another process took one.
+
+    Its ports must be named on the command line, so they can be taken between the pick and the
+    bind (lva_testkit/ports.py); such a start is tried again, any other failure is the test's.
+    """
+    for attempt in range(1, attempts + 1):
+        grpc_port, http_port, metrics_port = free_ports(3)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lva_core.runtime.triton_server",
+            "--env", str(TRITON_ENV), "--repo", str(MODELS),
+            "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert cli.stdout is not None and cli.stderr is not None
+        line = await asyncio.wait_for(cli.stdout.readline(), 30)
+        if line:
+            assert line.decode().strip() == f"READY 127.0.0.1:{grpc_port}"
+            # The READY probe is answered by whoever holds the port: this server must hold it.
+            if grpc_port in listening_ports(procfs.tree(cli.pid)):
+                return cli, grpc_port
+            cli.kill()
+        errors = (await asyncio.wait_for(cli.stderr.read(), 15)).decode(errors="replace")
+        await cli.wait()
+        if attempt == attempts or not (address_in_use(errors) or line):
+            raise AssertionError(f"the CLI did not start: {line!r}\n{errors[-3000:]}")
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_cli_serves_until_signalled_and_never_orphans_triton(sig: signal.Signals) -> None:
-    grpc_port, http_port, metrics_port = free_ports(3)
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lva_core.runtime.triton_server",
-        "--env", str(TRITON_ENV), "--repo", str(MODELS),
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    cli, grpc_port = await _start_cli()
     try:
-        assert cli.stdout is not None
-        line = await asyncio.wait_for(cli.stdout.readline(), 30)
-        assert line.decode().strip() == f"READY 127.0.0.1:{grpc_port}"
         assert await check_triton(f"127.0.0.1:{grpc_port}", ["frame_stats"], 5) == []
         [server] = children_of(cli.pid)
         cli.send_signal(sig)

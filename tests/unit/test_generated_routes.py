@@ -23,7 +23,6 @@ from lva_common.config import load_config
 from lva_facade.app import SPEC_KEY, build_app
 from lva_facade.routes import lva_services
 from lva_testkit.paths import REPO
-from lva_testkit.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +76,10 @@ async def echo_server(echo_pb2: ModuleType) -> AsyncIterator[str]:
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    # Port 0: the port is the kernel's choice, read back once bound, so nothing can take it first.
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
 
 
 async def test_new_rpc_becomes_route_and_openapi_path(echo_pb2: ModuleType, echo_server: str) -> None:
