@@ -109,13 +109,15 @@ async def test_plugins_come_from_entry_points(http: aiohttp.ClientSession, base_
     probe = by_name["probe_sink"]
     assert probe == {
         "name": "probe_sink",
-        "version": "0.1.0",
+        "version": "2.4.1",  # the analytic's own, as /1/analytics shows it
         "kind": "analytic",
         "enabled": True,
         "distribution": "lva-probe-plugin",
         "entry_point": "lva_probe_plugin:ProbeSink",
+        "distribution_version": "0.1.0",  # its package's
     }
     assert by_name["disabled_probe"]["enabled"] is False
+    assert by_name["disabled_probe"]["version"] == ""  # never loaded: its version is unknown
 
 
 async def test_healthcheck(http: aiohttp.ClientSession, base_url: str) -> None:
