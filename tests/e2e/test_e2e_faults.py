@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lva_testkit.ports import free_port
 from lva_testkit.stack import Service, start_core, start_facade, start_triton
 from lva_testkit.streams import assert_luna_error
 
@@ -64,8 +63,10 @@ async def test_triton_down_is_502_and_recovers(
     assert status == 200
 
 
-async def test_core_down_is_503_and_health_502(http: aiohttp.ClientSession, log_dir: Path) -> None:
-    facade = start_facade(log_dir, f"127.0.0.1:{free_port()}")  # nothing listens there
+async def test_core_down_is_503_and_health_502(
+    http: aiohttp.ClientSession, log_dir: Path, nothing_listens: int
+) -> None:
+    facade = start_facade(log_dir, f"127.0.0.1:{nothing_listens}")  # nothing listens there
     try:
         async with http.get(f"http://{facade.address}/version") as resp:
             assert resp.status == 503

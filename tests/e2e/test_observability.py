@@ -17,7 +17,7 @@ import pytest
 from lva.v1 import agent_pb2, agent_pb2_grpc
 from lva_testkit.clips import clip
 from lva_testkit.stack import Service, start_core
-from lva_testkit.streams import create, file_stream, wait_status
+from lva_testkit.streams import create, delete, file_stream, wait_status
 
 COUNTER = [
     {
@@ -52,10 +52,17 @@ async def scrape(
 async def test_core_metrics_match_stream_statistics(
     http: aiohttp.ClientSession, base_url: str, core: Service, tmp_path: Path
 ) -> None:
+    metrics_url = f"http://127.0.0.1:{core.metrics_port}/metrics"
+    model = frozenset({("model", "person_detector")})
+    # The model's series are the session's: this test compares what they gained while it ran.
+    before = await scrape(http, metrics_url)
     stream_id = await create(http, base_url, file_stream(clip(tmp_path), COUNTER))
-    stream = await wait_status(http, base_url, stream_id, {"done"}, 120)
+    try:
+        stream = await wait_status(http, base_url, stream_id, {"done"}, 120)
+        metrics = await scrape(http, metrics_url)
+    finally:
+        await delete(http, base_url, stream_id)
     stats = stream["statistics"]
-    metrics = await scrape(http, f"http://127.0.0.1:{core.metrics_port}/metrics")
     label = frozenset({("stream_id", stream_id)})
     assert metrics[("lva_stream_frames_decoded_total", label)] == stats["frames_decoded"] > 0
     assert metrics[("lva_stream_frames_processed_total", label)] == stats["frames_processed"] > 0
@@ -63,35 +70,41 @@ async def test_core_metrics_match_stream_statistics(
     assert metrics[("lva_stream_reconnects_total", label)] == stats["reconnects"]
     assert metrics[("lva_stream_frame_age_seconds", label)] == pytest.approx(stats["frame_age"], abs=1e-3)
     assert metrics[("lva_stream_status", frozenset({("stream_id", stream_id), ("status", "done")}))] == 1
-    model = frozenset({("model", "person_detector")})
-    assert metrics[("lva_inference_batch_size_count", model)] >= 1
-    assert (
-        metrics[("lva_inference_latency_seconds_count", model)]
-        == metrics[("lva_inference_batch_size_count", model)]
-    )
-    assert metrics[("lva_inference_batch_size_sum", model)] >= stats["frames_processed"]
-    assert ("lva_event_subscribers", label) in metrics and (
-        "lva_event_messages_dropped_total",
-        frozenset(),
-    ) in metrics
+
+    def gained(name: str) -> float:
+        return metrics[(name, model)] - before.get((name, model), 0.0)
+
+    # Every processed frame went through person_detector once: at least this stream's frames
+    # were batched (more only if another stream of the session still runs), in at least one batch.
+    assert gained("lva_inference_batch_size_sum") >= stats["frames_processed"]
+    assert gained("lva_inference_batch_size_count") >= 1
+    assert gained("lva_inference_latency_seconds_count") == gained("lva_inference_batch_size_count")
+    assert metrics[("lva_event_subscribers", label)] == 0  # nobody watched this stream
+    assert ("lva_event_messages_dropped_total", frozenset()) in metrics
 
 
 async def test_facade_metrics_count_routes_statuses_and_codes(
     http: aiohttp.ClientSession, base_url: str
 ) -> None:
+    bad = frozenset(
+        {("method", "GET"), ("route", "/1/streams/{stream_id}"), ("status", "400"), ("error_code", "12012")}
+    )
+    good = frozenset({("method", "GET"), ("route", "/version"), ("status", "200"), ("error_code", "")})
+    latency = frozenset({("method", "GET"), ("route", "/version")})
+    # The facade serves the whole session: the series must gain exactly this test's requests.
+    before = await scrape(http, f"{base_url}/metrics")
     async with http.get(f"{base_url}/1/streams/not-a-uuid") as resp:
         assert resp.status == 400
     async with http.get(f"{base_url}/version") as resp:
         assert resp.status == 200
     metrics = await scrape(http, f"{base_url}/metrics")
-    bad = frozenset(
-        {("method", "GET"), ("route", "/1/streams/{stream_id}"), ("status", "400"), ("error_code", "12012")}
-    )
-    good = frozenset({("method", "GET"), ("route", "/version"), ("status", "200"), ("error_code", "")})
-    assert metrics[("lva_http_requests_total", bad)] >= 1
-    assert metrics[("lva_http_requests_total", good)] >= 1
-    latency = frozenset({("method", "GET"), ("route", "/version")})
-    assert metrics[("lva_http_request_duration_seconds_count", latency)] >= 1
+
+    def gained(name: str, labels: frozenset[tuple[str, str]]) -> float:
+        return metrics[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert gained("lva_http_requests_total", bad) == 1
+    assert gained("lva_http_requests_total", good) == 1
+    assert gained("lva_http_request_duration_seconds_count", latency) == 1
     assert not any("not-a-uuid" in value for _, labels in metrics for _, value in labels)  # bounded labels
 
 
@@ -114,10 +127,11 @@ async def test_json_logs_carry_request_and_stream_ids(json_core: Service, tmp_pa
             streams_pb2.CreateStreamRequest(data=streams_pb2.StreamData(reference=str(clip(tmp_path))))
         )
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while True:
         entries = [json.loads(line) for line in json_core.log_text().splitlines() if line.strip()]
         if any(e["stream_id"] == created.stream_id and "done" in e["message"] for e in entries):
             break
+        assert time.monotonic() < deadline, "the stream's done was never logged"
         await asyncio.sleep(0.3)
     assert all({"time", "level", "logger", "message", "request_id", "stream_id"} <= set(e) for e in entries)
     assert any(e["request_id"] == request_id and "GetVersion" in e["message"] for e in entries)
@@ -157,8 +171,7 @@ async def test_watch_stream_gets_a_log_line_and_a_count(
             assert time.monotonic() < deadline, "WatchStream not counted"
             await asyncio.sleep(0.2)
     finally:
-        async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
-            assert resp.status == 204
+        await delete(http, base_url, stream_id)
     log = core.log_text()[log_start:]  # this test's lines only: the core serves the whole session
     watch_lines = [line for line in log.splitlines() if WATCH in line]
     assert any(

@@ -39,7 +39,6 @@ from lva_core.pipeline.source.errors import SourceError, classify
 from lva_core.pipeline.source.reference import validate_reference
 from lva_facade.auth import bearer_token
 from lva_testkit.clips import clip
-from lva_testkit.ports import free_port
 from lva_testkit.stack import Service, start_core, start_facade
 
 TOKEN = "tok-" + uuid.uuid4().hex
@@ -381,8 +380,10 @@ def test_rate_limiter_refills_and_bounds_its_memory() -> None:
 # ---- credentials masked in answers and logs --------------------------------------------------
 
 
-async def test_stream_credentials_are_masked_everywhere(stack: Stack, client: aiohttp.ClientSession) -> None:
-    reference = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/cam?token={QUERY_TOKEN}&channel=1"
+async def test_stream_credentials_are_masked_everywhere(
+    stack: Stack, client: aiohttp.ClientSession, nothing_listens: int
+) -> None:
+    reference = f"rtsp://admin:{PASSWORD}@127.0.0.1:{nothing_listens}/cam?token={QUERY_TOKEN}&channel=1"
     status, created = await post_stream(
         client, stack, reference, data={"reference": reference, "type": "stream"}, autorestart={"restart": 0}
     )
