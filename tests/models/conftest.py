@@ -43,3 +43,23 @@ def fetched_repository(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
         return repo
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fetched_test_file() -> Callable[[str], None]:
+    """``fetch(name)``: make sure a test file of tools/models/testdata.py is in the model cache.
+
+    The same cached fetch as the weights (``make models`` has normally done it already): a
+    checksum check, or a download on a machine that never did. Tests read the file from there.
+    """
+
+    def fetch(name: str, timeout: float = 300) -> None:
+        fetched = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "fetch_models.py"), "--only", name],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert fetched.returncode == 0, f"fetch_models failed:\n{fetched.stdout}\n{fetched.stderr}"
+
+    return fetch

