@@ -12,6 +12,7 @@ import asyncio
 import functools
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -102,3 +103,33 @@ async def ws_messages(
             if until(messages[-1]):
                 return messages
     raise AssertionError(f"the socket closed first: {messages}")
+
+
+@contextmanager
+def silent_port() -> Iterator[str]:
+    """A loopback port that accepts connections and never says a word (a Triton that hangs);
+    yields ``127.0.0.1:<port>``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, name="silent-port", daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()

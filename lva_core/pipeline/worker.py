@@ -166,6 +166,8 @@ class StreamWorker:
         ]
         self.reporter.set_status(record, Status.IN_PROGRESS, None)
         self._connected = True
+        # The buffer counts this session's drops; the statistic counts over all sessions.
+        dropped_before = record.statistics.frames_dropped
         thread.start()
         # Two frames in flight: while one is post-processed (or waits for its second model), the
         # next one's first inference is already on its way (see _analyse for the ordering).
@@ -174,6 +176,8 @@ class StreamWorker:
         try:
             while True:
                 item = await buffer.get()
+                # Before the end marker too: the drops since the last frame taken count as well.
+                record.statistics.frames_dropped = dropped_before + buffer.dropped
                 if item is None or isinstance(item, BaseException):
                     if previous is not None:
                         await previous  # its events go out before the end (or the error)
@@ -181,7 +185,6 @@ class StreamWorker:
                     if item is None:
                         return
                     raise item
-                record.statistics.frames_dropped = buffer.dropped
                 current = asyncio.create_task(self._analyse(item, states, previous))
                 in_flight.add(current)
                 current.add_done_callback(in_flight.discard)
@@ -194,7 +197,8 @@ class StreamWorker:
             await asyncio.gather(*in_flight, return_exceptions=True)
             self._stop.set()
             source.stop()
-            buffer.close()
+            buffer.close()  # what it still holds is discarded, not dropped: it never competed
+            record.statistics.frames_dropped = dropped_before + buffer.dropped
             # The thread notices within one frame or one read timeout; don't block the loop on it.
             await asyncio.to_thread(thread.join, self.settings.read_timeout + 1)
             with contextlib.suppress(Exception):

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -28,7 +26,7 @@ from google.protobuf import struct_pb2
 
 from lva.v1 import agent_pb2, agent_pb2_grpc, streams_pb2, streams_pb2_grpc
 from lva_testkit.clips import clip
-from lva_testkit.documented import labels, poll, scrape
+from lva_testkit.documented import labels, poll, scrape, silent_port
 from lva_testkit.paths import PYTHON, REPO
 from lva_testkit.ports import free_port, port_open
 from lva_testkit.stack import Service, core_env, start_core, start_facade
@@ -144,31 +142,8 @@ def _plain_env() -> dict[str, str]:
 
 @pytest.fixture
 def silent_triton() -> Iterator[str]:
-    """A TCP port that accepts connections and never says a word: a Triton that hangs."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, name="silent-triton", daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        listener.close()
+    with silent_port() as address:
+        yield address
 
 
 async def test_triton_request_timeout_is_the_deadline_of_one_inference(
