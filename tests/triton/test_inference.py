@@ -134,7 +134,8 @@ async def test_triton_down_then_back(tmp_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(InferenceError) as caught:
             await batcher.infer({"IMAGE": frame})
-        assert time.monotonic() - started < 4  # within the deadline, never hangs
+        # Within the client's 2 s deadline, never a hang: 2 s more of slack for a loaded machine.
+        assert time.monotonic() - started < 2 + 2
         assert caught.value.code in (47101, 47007)
         server = await _start(repo, port)  # same address: the client must recover by itself
         out = await batcher.infer({"IMAGE": frame})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -85,8 +86,13 @@ async def test_block_buffer_makes_the_producer_wait() -> None:
 
     thread = threading.Thread(target=producer)
     thread.start()
+    # Two go in (however late the thread starts), then it stays blocked on the third.
+    deadline = time.monotonic() + 5
+    while len(produced) < 2:
+        assert time.monotonic() < deadline, produced
+        await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)
-    assert len(produced) == 2  # blocked on the third
+    assert len(produced) == 2 and thread.is_alive()  # blocked on the third
     got = [await buffer.get() for _ in range(6)]
     thread.join(2)
     assert got == list(range(6)) and buffer.dropped == 0
