@@ -60,11 +60,11 @@ async def stream(
         "name": "failing-inference",
         "data": {
             "reference": f"http://admin:{PASSWORD}@{host}/cam.mp4?token={TOKEN}",
-            "type": "stream",
+            # A file over HTTP: every sampled frame is analysed (block), and the end is done.
+            "type": "videofile",
             "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
         },
         "analytics": EVERY_FRAME_COUNTER,
-        "autorestart": {"restart": 0},
     }
     stream_id = await create(http, base_url, body)
     try:
@@ -102,6 +102,7 @@ async def test_an_inference_failure_shows_in_last_error_masked_and_counted(
     assert PASSWORD not in answer and TOKEN not in answer
     # Once the source has ended nothing is in flight, and the counts can be compared exactly.
     ended = await wait_status(http, base_url, stream_id, {"done", "failure"}, 120)
+    assert ended["status"] == "done" and ended["error"] is None, ended
     assert ended["statistics"]["frames_processed"] == 20  # every fifth of 100 frames, all analysed
     assert ended["statistics"]["last_error"] == last_error
     counted = (await scrape(http, metrics_url)).get(series, 0.0)
