@@ -97,6 +97,10 @@ DEFAULTS: dict[str, Any] = {
         # Stream creation per account (token bucket): per_second refills, burst is the bucket's
         # size. per_second 0 turns the limit off.
         "create_rate": {"per_second": 20.0, "burst": 100},
+        # Where the streams are kept, as a URL: postgresql://user:password@host:5432/database
+        # (the fleet's shared store), or sqlite:///relative/path, sqlite:////absolute/path.
+        # "" (the default): the SQLite file store_path names.
+        "store": "",
         # SQLite file that keeps the streams over restarts (relative: to the working directory).
         # "" or ":memory:": not persisted.
         "store_path": "var/streams.sqlite3",
