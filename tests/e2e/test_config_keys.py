@@ -1,8 +1,8 @@
 """Configuration keys (docs/configuration.md) that no test exercised, each on a core or facade
 started with it, observed from outside:
 
-- ``triton.shared_memory``: ``system`` registers the core's regions with Triton, ``none`` never
-  does, and any other value stops the core at startup;
+- ``triton.shared_memory``: ``system`` (and ``auto``, Triton being on loopback) registers the
+  core's regions with Triton, ``none`` never does, and any other value stops the core at startup;
 - ``triton.request_timeout``: the deadline of an inference, seen in ``last_error``;
 - ``facade.request_timeout``: a core that does not answer in time is 504 with 47007;
 - ``streams.subscriber_queue``: a subscriber that does not read loses its oldest messages, and
@@ -103,7 +103,8 @@ async def _regions_of(triton: Service, pid: int) -> set[str]:
     return {name for name in status.get("regions", {}) if name.startswith(f"lva_{pid}_")}
 
 
-@pytest.mark.parametrize(("mode", "registers"), [("system", True), ("none", False)])
+# auto: shared memory because the session's Triton is on the loopback interface.
+@pytest.mark.parametrize(("mode", "registers"), [("system", True), ("none", False), ("auto", True)])
 async def test_shared_memory_system_registers_regions_and_none_never_does(
     log_dir: Path, triton: Service, tmp_path: Path, mode: str, registers: bool
 ) -> None:
