@@ -115,9 +115,9 @@ def start_triton(log_dir: Path, grpc_port: int | None = None, timeout: float = 6
 
     Its ports are picked here (Triton cannot report a port 0 it bound), so a start whose port
     another process took is started again on fresh ports, up to three times. A given
-    ``grpc_port`` (a restart at one address) is not replaced: that start fails instead.
+    ``grpc_port`` (a restart at one address) is kept; only its HTTP and metrics ports move.
     """
-    attempts = 1 if grpc_port else 3
+    attempts = 3
     for attempt in range(1, attempts + 1):
         try:
             return _start_triton_once(log_dir, grpc_port, timeout)

@@ -4,9 +4,9 @@ Tests of the inference client, of the models and of model control run their own 
 on a repository of their own, and drive it through :class:`LocalTriton` itself (start, stop,
 kill) rather than through a separate process as :mod:`lva_testkit.stack` does.
 
-Triton's three ports are picked before it starts (it cannot report a port 0 it bound), so the
-first start checks that the server holds them itself and starts again on fresh ports when
-another process took one first (:mod:`lva_testkit.ports`).
+Triton's three ports are picked before it starts (it cannot report a port 0 it bound), so every
+start checks that the server holds them itself and starts again on fresh ports when another
+process took one first (:mod:`lva_testkit.ports`).
 """
 
 from __future__ import annotations
@@ -26,33 +26,36 @@ _ATTEMPTS = 3
 
 
 class KitTriton(LocalTriton):
-    """A LocalTriton whose first start moves to fresh ports if another process took one.
+    """A LocalTriton that starts again on fresh ports when another process took one of its own.
 
-    Later starts (a restart at one address, as the tests of restarts want) keep the ports, as
-    does a start whose gRPC port was given.
+    The gRPC port moves only at the first start, and only when it was not given: a restart comes
+    back at the address its clients know. The HTTP and metrics ports, which nobody here dials,
+    may move at any start.
     """
 
-    # Cleared at the first start: a restart comes back at the same address.
+    # Cleared at the first start (local_triton clears it at once for a given gRPC port).
     may_move = True
 
     async def start(self) -> None:
-        attempts = _ATTEMPTS if self.may_move else 1
-        self.may_move = False
-        for attempt in range(1, attempts + 1):
+        grpc_may_move, self.may_move = self.may_move, False
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 await super().start()
             except LunaError as exc:
-                if attempt == attempts or not address_in_use(exc.detail):
+                if attempt == _ATTEMPTS or not address_in_use(exc.detail):
                     raise
             else:
-                if await self._holds_ports() or attempts == 1:
+                if await self._holds_ports():
                     return
                 await self.stop()
-                if attempt == attempts:
+                if attempt == _ATTEMPTS:
                     raise LunaError(
-                        TRITON_UNAVAILABLE, f"tritonserver does not hold its ports: {self._ports()}"
+                        TRITON_UNAVAILABLE, f"tritonserver does not hold its ports: {sorted(self._ports())}"
                     )
-            self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
+            fresh = free_ports(3)
+            if grpc_may_move:
+                self.grpc_port = fresh[0]
+            self.http_port, self.metrics_port = fresh[1], fresh[2]
 
     def _ports(self) -> set[int]:
         return {self.grpc_port, self.http_port, self.metrics_port}
@@ -78,6 +81,7 @@ def local_triton(
     model_control_mode: str = "explicit",
     startup_timeout: float = 60.0,
     extra_args: list[str] | None = None,
+    log_path: Path | None = None,
 ) -> KitTriton:
     """A LocalTriton, not started, on free ports (``grpc_port`` if given: a restart at one address)."""
     free_grpc, http_port, metrics_port = free_ports(3)
@@ -90,6 +94,7 @@ def local_triton(
         model_control_mode=model_control_mode,
         startup_timeout=startup_timeout,
         extra_args=extra_args,
+        log_path=log_path,
     )
     server.may_move = grpc_port is None
     return server

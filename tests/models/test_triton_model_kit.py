@@ -39,7 +39,7 @@ from tritonclient.utils import InferenceServerException
 
 from lva_core.runtime.triton_server import LocalTriton
 from lva_testkit.paths import MODEL_REPOSITORY, REPO, TRITON_ENV
-from lva_testkit.ports import free_ports
+from lva_testkit.triton import local_triton
 from tools import sync_model_kit
 
 KIT_SOURCE = MODEL_REPOSITORY / "lva_model_kit.py"
@@ -372,17 +372,9 @@ def drop_parameter(text: str, name: str) -> str:
 def new_triton(
     repo: Path, log_path: Path, mode: str = "explicit", extra: list[str] | None = None
 ) -> LocalTriton:
-    grpc_port, http_port, metrics_port = free_ports(3)
-    return LocalTriton(
-        env_dir=TRITON_ENV,
-        model_repository=repo,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        model_control_mode=mode,
-        log_path=log_path,
-        startup_timeout=60,
-        extra_args=extra,
+    # The kit's launcher: on fresh ports if another process took one first (lva_testkit/ports.py).
+    return local_triton(
+        repo, model_control_mode=mode, startup_timeout=60, extra_args=extra, log_path=log_path
     )
 
 
