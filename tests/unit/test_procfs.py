@@ -1,10 +1,13 @@
-"""lva_core/runtime/procfs.py on real processes: this test's own, and children it starts and kills."""
+"""lva_core/runtime/procfs.py on real processes: this test's own, and children it starts and kills;
+and the test kit's port helpers, which read /proc as well."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lva_core.runtime import procfs
+from lva_testkit.ports import address_in_use, listening_ports, refused_port
 
 # Maps a file of /dev/shm, says so, then waits to be killed.
 MAPPER = """
@@ -126,3 +130,63 @@ def test_stat_is_split_after_the_last_parenthesis(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# ---- the test kit's port helpers (lva_testkit/ports.py), which read /proc too -------------------
+
+LISTENER = """
+import socket, sys
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+print(sock.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def test_listening_ports_tell_a_process_own_port_from_another_one() -> None:
+    with socket.socket() as bound, socket.socket() as listening:
+        bound.bind(("127.0.0.1", 0))  # bound, not listening: not a port anyone can connect to
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        child = subprocess.Popen(
+            [sys.executable, "-c", LISTENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout is not None
+            theirs = int(child.stdout.readline())
+            ours = listening_ports(os.getpid())
+            assert listening.getsockname()[1] in ours
+            assert bound.getsockname()[1] not in ours and theirs not in ours
+            assert theirs in listening_ports(child.pid)  # open to both: owned by one
+            assert listening_ports([os.getpid(), child.pid]) >= {theirs, listening.getsockname()[1]}
+        finally:
+            child.kill()
+            child.wait()
+    assert listening_ports(child.pid) == set()  # gone
+
+
+def test_a_refused_port_refuses_and_cannot_be_taken() -> None:
+    with refused_port() as port:
+        with socket.socket() as client:
+            assert client.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+        with socket.socket() as intruder:
+            intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as taken:
+                intruder.bind(("127.0.0.1", port))
+            assert taken.value.errno == errno.EADDRINUSE
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "OSError: [Errno 98] error while attempting to bind on address ('127.0.0.1', 5240): "
+        "address already in use",
+        "E1201 main.cc:245] \"failed to start GRPC service: Unavailable - Socket '127.0.0.1:8001' "
+        'already in use "',
+        "failed to start Metrics service: Unavailable - Socket '127.0.0.1:8002' already in use",
+    ],
+)
+def test_address_in_use_is_recognised_in_the_children_own_words(line: str) -> None:
+    assert address_in_use(line)
+    assert not address_in_use("tritonserver exited with code 1: model broken failed to load")
