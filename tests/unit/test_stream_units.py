@@ -102,9 +102,17 @@ async def test_closed_buffer_releases_a_blocked_producer() -> None:
     buffer: FrameBuffer[int] = FrameBuffer(asyncio.get_running_loop(), 1, BufferStrategy.BLOCK)
     buffer.put(0)
     result: list[bool] = []
-    thread = threading.Thread(target=lambda: result.append(buffer.put(1)))
+    putting = threading.Event()
+
+    def producer() -> None:
+        putting.set()
+        result.append(buffer.put(1))
+
+    thread = threading.Thread(target=producer)
     thread.start()
+    assert await asyncio.to_thread(putting.wait, 5)
     await asyncio.sleep(0.1)
+    assert result == [] and thread.is_alive()  # blocked on the full buffer, not yet closed
     buffer.close()
     thread.join(2)
     assert result == [False]
