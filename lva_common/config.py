@@ -106,6 +106,23 @@ DEFAULTS: dict[str, Any] = {
         "store_path": "var/streams.sqlite3",
     },
     "plugins": {"disabled": []},
+    # The fleet: the agents that share one stream store (streams.store: postgresql://...).
+    "fleet": {
+        # Stable id of this agent; "": <hostname>:<core port> (the pod name on Kubernetes).
+        "agent_id": "",
+        # host:port other agents and facades reach this core at; "": core.host (or the
+        # hostname when it binds every interface) and the port it bound.
+        "endpoint": "",
+        # The most streams this agent runs at once.
+        "capacity": 32,
+        # Free-form labels, shown by GET /1/agents.
+        "labels": {},
+        # Seconds between lease renewals, the lease's length, and how long before its end on
+        # the agent's own clock the agent stops its workers when it cannot renew.
+        "renew_interval": 2.0,
+        "lease_ttl": 12.0,
+        "fence_margin": 2.0,
+    },
 }
 
 # A key is secret when one of its words is one of these.

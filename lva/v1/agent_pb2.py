@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lva.v1 import options_pb2 as lva_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lva/v1/agent.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14lva/v1/options.proto\"\x13\n\x11GetVersionRequest\"G\n\x0bVersionInfo\x12\x0b\n\x03\x61pi\x18\x01 \x01(\x05\x12\r\n\x05major\x18\x02 \x01(\x05\x12\r\n\x05minor\x18\x03 \x01(\x05\x12\r\n\x05patch\x18\x04 \x01(\x05\"C\n\x12GetVersionResponse\x12-\n\x07version\x18\x01 \x01(\x0b\x32\x13.lva.v1.VersionInfoR\x07Version\"\x12\n\x10GetConfigRequest\"<\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListPluginsRequest\"\x8f\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x06 \x01(\t\x12\x1c\n\x14\x64istribution_version\x18\x07 \x01(\t\"6\n\x13ListPluginsResponse\x12\x1f\n\x07plugins\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Plugin\"=\n\x12\x43heckHealthRequest\x12\'\n\x15include_luna_services\x18\x01 \x01(\x05\x42\x08\x92\xc4\x18\x04\x08\x00\x10\x01\"-\n\x13\x43heckHealthResponse\x12\x16\n\x0e\x65xecution_time\x18\x01 \x01(\x01\x32\xc2\x04\n\x0c\x41gentService\x12w\n\nGetVersion\x12\x19.lva.v1.GetVersionRequest\x1a\x1a.lva.v1.GetVersionResponse\"2\x8a\xc4\x18\x1e\"\x13get service version*\x07version\x82\xd3\xe4\x93\x02\n\x12\x08/version\x12\xb4\x01\n\tGetConfig\x12\x18.lva.v1.GetConfigRequest\x1a\x19.lva.v1.GetConfigResponse\"r\x8a\xc4\x18U\x12\ntext/plain\x12\x12\x61pplication/x-yaml\x12\x10\x61pplication/yaml\"\x19get service configuration*\x06\x63onfig\x82\xd3\xe4\x93\x02\x13\x12\t/1/configb\x06\x63onfig\x12|\n\x0bListPlugins\x12\x1a.lva.v1.ListPluginsRequest\x1a\x1b.lva.v1.ListPluginsResponse\"4\x8a\xc4\x18\x1e\"\x13get list of plugins*\x07plugins\x82\xd3\xe4\x93\x02\x0c\x12\n/1/plugins\x12\x83\x01\n\x0b\x43heckHealth\x12\x1a.lva.v1.CheckHealthRequest\x1a\x1b.lva.v1.CheckHealthResponse\";\x8a\xc4\x18#\x18\xf1\xa8\x02\"\x15get health of service*\x06health\x82\xd3\xe4\x93\x02\x0e\x12\x0c/healthcheckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lva/v1/agent.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14lva/v1/options.proto\"\x13\n\x11GetVersionRequest\"G\n\x0bVersionInfo\x12\x0b\n\x03\x61pi\x18\x01 \x01(\x05\x12\r\n\x05major\x18\x02 \x01(\x05\x12\r\n\x05minor\x18\x03 \x01(\x05\x12\r\n\x05patch\x18\x04 \x01(\x05\"C\n\x12GetVersionResponse\x12-\n\x07version\x18\x01 \x01(\x0b\x32\x13.lva.v1.VersionInfoR\x07Version\"\x12\n\x10GetConfigRequest\"<\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x14\n\x12ListPluginsRequest\"\x8f\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0c\x64istribution\x18\x05 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x06 \x01(\t\x12\x1c\n\x14\x64istribution_version\x18\x07 \x01(\t\"6\n\x13ListPluginsResponse\x12\x1f\n\x07plugins\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Plugin\"=\n\x12\x43heckHealthRequest\x12\'\n\x15include_luna_services\x18\x01 \x01(\x05\x42\x08\x92\xc4\x18\x04\x08\x00\x10\x01\"-\n\x13\x43heckHealthResponse\x12\x16\n\x0e\x65xecution_time\x18\x01 \x01(\x01\"\x13\n\x11ListAgentsRequest\"\xd9\x02\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12#\n\x06status\x18\x04 \x01(\x0e\x32\x13.lva.v1.AgentStatus\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x14\n\x0cstream_count\x18\x06 \x01(\x05\x12\x11\n\tanalytics\x18\x07 \x03(\t\x12)\n\x06labels\x18\x08 \x03(\x0b\x32\x19.lva.v1.Agent.LabelsEntry\x12\x30\n\x0clast_renewal\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07started\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x12ListAgentsResponse\x12\x1d\n\x06\x61gents\x18\x01 \x03(\x0b\x32\r.lva.v1.Agent*\x8f\x01\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATUS_ALIVE\x10\x01\x12\x19\n\x15\x41GENT_STATUS_DRAINING\x10\x02\x12\x15\n\x11\x41GENT_STATUS_LOST\x10\x03\x12\x18\n\x14\x41GENT_STATUS_STOPPED\x10\x04\x32\xba\x05\n\x0c\x41gentService\x12w\n\nGetVersion\x12\x19.lva.v1.GetVersionRequest\x1a\x1a.lva.v1.GetVersionResponse\"2\x8a\xc4\x18\x1e\"\x13get service version*\x07version\x82\xd3\xe4\x93\x02\n\x12\x08/version\x12\xb4\x01\n\tGetConfig\x12\x18.lva.v1.GetConfigRequest\x1a\x19.lva.v1.GetConfigResponse\"r\x8a\xc4\x18U\x12\ntext/plain\x12\x12\x61pplication/x-yaml\x12\x10\x61pplication/yaml\"\x19get service configuration*\x06\x63onfig\x82\xd3\xe4\x93\x02\x13\x12\t/1/configb\x06\x63onfig\x12|\n\x0bListPlugins\x12\x1a.lva.v1.ListPluginsRequest\x1a\x1b.lva.v1.ListPluginsResponse\"4\x8a\xc4\x18\x1e\"\x13get list of plugins*\x07plugins\x82\xd3\xe4\x93\x02\x0c\x12\n/1/plugins\x12v\n\nListAgents\x12\x19.lva.v1.ListAgentsRequest\x1a\x1a.lva.v1.ListAgentsResponse\"1\x8a\xc4\x18\x1c\"\x12get list of agents*\x06\x61gents\x82\xd3\xe4\x93\x02\x0b\x12\t/1/agents\x12\x83\x01\n\x0b\x43heckHealth\x12\x1a.lva.v1.CheckHealthRequest\x1a\x1b.lva.v1.CheckHealthResponse\";\x8a\xc4\x18#\x18\xf1\xa8\x02\"\x15get health of service*\x06health\x82\xd3\xe4\x93\x02\x0e\x12\x0c/healthcheckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +37,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHECKHEALTHREQUEST'].fields_by_name['include_luna_services']._loaded_options = None
   _globals['_CHECKHEALTHREQUEST'].fields_by_name['include_luna_services']._serialized_options = b'\222\304\030\004\010\000\020\001'
+  _globals['_AGENT_LABELSENTRY']._loaded_options = None
+  _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSERVICE'].methods_by_name['GetVersion']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['GetVersion']._serialized_options = b'\212\304\030\036\"\023get service version*\007version\202\323\344\223\002\n\022\010/version'
   _globals['_AGENTSERVICE'].methods_by_name['GetConfig']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['GetConfig']._serialized_options = b'\212\304\030U\022\ntext/plain\022\022application/x-yaml\022\020application/yaml\"\031get service configuration*\006config\202\323\344\223\002\023\022\t/1/configb\006config'
   _globals['_AGENTSERVICE'].methods_by_name['ListPlugins']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['ListPlugins']._serialized_options = b'\212\304\030\036\"\023get list of plugins*\007plugins\202\323\344\223\002\014\022\n/1/plugins'
+  _globals['_AGENTSERVICE'].methods_by_name['ListAgents']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\212\304\030\034\"\022get list of agents*\006agents\202\323\344\223\002\013\022\t/1/agents'
   _globals['_AGENTSERVICE'].methods_by_name['CheckHealth']._loaded_options = None
   _globals['_AGENTSERVICE'].methods_by_name['CheckHealth']._serialized_options = b'\212\304\030#\030\361\250\002\"\025get health of service*\006health\202\323\344\223\002\016\022\014/healthcheck'
-  _globals['_GETVERSIONREQUEST']._serialized_start=112
-  _globals['_GETVERSIONREQUEST']._serialized_end=131
-  _globals['_VERSIONINFO']._serialized_start=133
-  _globals['_VERSIONINFO']._serialized_end=204
-  _globals['_GETVERSIONRESPONSE']._serialized_start=206
-  _globals['_GETVERSIONRESPONSE']._serialized_end=273
-  _globals['_GETCONFIGREQUEST']._serialized_start=275
-  _globals['_GETCONFIGREQUEST']._serialized_end=293
-  _globals['_GETCONFIGRESPONSE']._serialized_start=295
-  _globals['_GETCONFIGRESPONSE']._serialized_end=355
-  _globals['_LISTPLUGINSREQUEST']._serialized_start=357
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=377
-  _globals['_PLUGIN']._serialized_start=380
-  _globals['_PLUGIN']._serialized_end=523
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=525
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=579
-  _globals['_CHECKHEALTHREQUEST']._serialized_start=581
-  _globals['_CHECKHEALTHREQUEST']._serialized_end=642
-  _globals['_CHECKHEALTHRESPONSE']._serialized_start=644
-  _globals['_CHECKHEALTHRESPONSE']._serialized_end=689
-  _globals['_AGENTSERVICE']._serialized_start=692
-  _globals['_AGENTSERVICE']._serialized_end=1270
+  _globals['_AGENTSTATUS']._serialized_start=1147
+  _globals['_AGENTSTATUS']._serialized_end=1290
+  _globals['_GETVERSIONREQUEST']._serialized_start=145
+  _globals['_GETVERSIONREQUEST']._serialized_end=164
+  _globals['_VERSIONINFO']._serialized_start=166
+  _globals['_VERSIONINFO']._serialized_end=237
+  _globals['_GETVERSIONRESPONSE']._serialized_start=239
+  _globals['_GETVERSIONRESPONSE']._serialized_end=306
+  _globals['_GETCONFIGREQUEST']._serialized_start=308
+  _globals['_GETCONFIGREQUEST']._serialized_end=326
+  _globals['_GETCONFIGRESPONSE']._serialized_start=328
+  _globals['_GETCONFIGRESPONSE']._serialized_end=388
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=390
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=410
+  _globals['_PLUGIN']._serialized_start=413
+  _globals['_PLUGIN']._serialized_end=556
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=558
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=612
+  _globals['_CHECKHEALTHREQUEST']._serialized_start=614
+  _globals['_CHECKHEALTHREQUEST']._serialized_end=675
+  _globals['_CHECKHEALTHRESPONSE']._serialized_start=677
+  _globals['_CHECKHEALTHRESPONSE']._serialized_end=722
+  _globals['_LISTAGENTSREQUEST']._serialized_start=724
+  _globals['_LISTAGENTSREQUEST']._serialized_end=743
+  _globals['_AGENT']._serialized_start=746
+  _globals['_AGENT']._serialized_end=1091
+  _globals['_AGENT_LABELSENTRY']._serialized_start=1046
+  _globals['_AGENT_LABELSENTRY']._serialized_end=1091
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1093
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1144
+  _globals['_AGENTSERVICE']._serialized_start=1293
+  _globals['_AGENTSERVICE']._serialized_end=1991
 # @@protoc_insertion_point(module_scope)

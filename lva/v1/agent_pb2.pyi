@@ -7,7 +7,9 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AgentStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATUS_UNSPECIFIED: _AgentStatus.ValueType  # 0
+    """Not set."""
+    AGENT_STATUS_ALIVE: _AgentStatus.ValueType  # 1
+    """Renewing its lease."""
+    AGENT_STATUS_DRAINING: _AgentStatus.ValueType  # 2
+    """Stopping (SIGTERM): its streams are being released."""
+    AGENT_STATUS_LOST: _AgentStatus.ValueType  # 3
+    """Its lease ran out without a clean stop (killed, frozen, cut off)."""
+    AGENT_STATUS_STOPPED: _AgentStatus.ValueType  # 4
+    """Stopped cleanly."""
+
+class AgentStatus(_AgentStatus, metaclass=_AgentStatusEnumTypeWrapper):
+    """AgentStatus is where an agent stands in the fleet."""
+
+AGENT_STATUS_UNSPECIFIED: AgentStatus.ValueType  # 0
+"""Not set."""
+AGENT_STATUS_ALIVE: AgentStatus.ValueType  # 1
+"""Renewing its lease."""
+AGENT_STATUS_DRAINING: AgentStatus.ValueType  # 2
+"""Stopping (SIGTERM): its streams are being released."""
+AGENT_STATUS_LOST: AgentStatus.ValueType  # 3
+"""Its lease ran out without a clean stop (killed, frozen, cut off)."""
+AGENT_STATUS_STOPPED: AgentStatus.ValueType  # 4
+"""Stopped cleanly."""
+Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
 @_typing.final
 class GetVersionRequest(_message.Message):
@@ -269,3 +303,130 @@ class CheckHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckHealthResponse: _TypeAlias = CheckHealthResponse  # noqa: Y015
+
+@_typing.final
+class ListAgentsRequest(_message.Message):
+    """ListAgentsRequest takes no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsRequest: _TypeAlias = ListAgentsRequest  # noqa: Y015
+
+@_typing.final
+class Agent(_message.Message):
+    """Agent is one core of the fleet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    STREAM_COUNT_FIELD_NUMBER: _builtins.int
+    ANALYTICS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    LAST_RENEWAL_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Stable identity (the pod name on Kubernetes; host:port by default)."""
+    incarnation: _builtins.int
+    """The number of its current start, from a database sequence: its fencing token."""
+    endpoint: _builtins.str
+    """Its gRPC endpoint, host:port."""
+    status: Global___AgentStatus.ValueType
+    """Where it stands."""
+    capacity: _builtins.int
+    """The most streams it runs at once."""
+    stream_count: _builtins.int
+    """The streams it runs now, as it reported at its last renewal."""
+    @_builtins.property
+    def analytics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The analytics it can run."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels from its configuration (fleet.labels)."""
+
+    @_builtins.property
+    def last_renewal(self) -> _timestamp_pb2.Timestamp:
+        """When it last renewed its lease (the database's clock)."""
+
+    @_builtins.property
+    def started(self) -> _timestamp_pb2.Timestamp:
+        """When this incarnation registered."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        incarnation: _builtins.int = ...,
+        endpoint: _builtins.str = ...,
+        status: Global___AgentStatus.ValueType = ...,
+        capacity: _builtins.int = ...,
+        stream_count: _builtins.int = ...,
+        analytics: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        last_renewal: _timestamp_pb2.Timestamp | None = ...,
+        started: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_renewal", b"last_renewal", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "analytics", b"analytics", "capacity", b"capacity", "endpoint", b"endpoint", "incarnation", b"incarnation", "labels", b"labels", "last_renewal", b"last_renewal", "started", b"started", "status", b"status", "stream_count", b"stream_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class ListAgentsResponse(_message.Message):
+    """ListAgentsResponse lists the agents, by agent_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
+        """The agents."""
+
+    def __init__(
+        self,
+        *,
+        agents: _abc.Iterable[Global___Agent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class AgentServiceStub:
                 request_serializer=lva_dot_v1_dot_agent__pb2.ListPluginsRequest.SerializeToString,
                 response_deserializer=lva_dot_v1_dot_agent__pb2.ListPluginsResponse.FromString,
                 _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/lva.v1.AgentService/ListAgents',
+                request_serializer=lva_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=lva_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
         self.CheckHealth = channel.unary_unary(
                 '/lva.v1.AgentService/CheckHealth',
                 request_serializer=lva_dot_v1_dot_agent__pb2.CheckHealthRequest.SerializeToString,
@@ -84,6 +89,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAgents(self, request, context):
+        """ListAgents lists the agents that share this core's stream store: the fleet. A core on its
+        own store (SQLite) lists itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckHealth(self, request, context):
         """CheckHealth checks the core and, when asked, the dependent services (Triton and models).
         """
@@ -108,6 +121,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListPlugins,
                     request_deserializer=lva_dot_v1_dot_agent__pb2.ListPluginsRequest.FromString,
                     response_serializer=lva_dot_v1_dot_agent__pb2.ListPluginsResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=lva_dot_v1_dot_agent__pb2.ListAgentsRequest.FromString,
+                    response_serializer=lva_dot_v1_dot_agent__pb2.ListAgentsResponse.SerializeToString,
             ),
             'CheckHealth': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckHealth,
@@ -198,6 +216,33 @@ class AgentService:
             '/lva.v1.AgentService/ListPlugins',
             lva_dot_v1_dot_agent__pb2.ListPluginsRequest.SerializeToString,
             lva_dot_v1_dot_agent__pb2.ListPluginsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lva.v1.AgentService/ListAgents',
+            lva_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
+            lva_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class AgentServiceStub:
     """GetConfig returns the effective configuration with secrets masked as "***"."""
     ListPlugins: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListPluginsRequest, _agent_pb2.ListPluginsResponse]
     """ListPlugins returns the plugins discovered through Python entry points."""
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListAgentsRequest, _agent_pb2.ListAgentsResponse]
+    """ListAgents lists the agents that share this core's stream store: the fleet. A core on its
+    own store (SQLite) lists itself.
+    """
     CheckHealth: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CheckHealthRequest, _agent_pb2.CheckHealthResponse]
     """CheckHealth checks the core and, when asked, the dependent services (Triton and models)."""
 
@@ -57,6 +61,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """GetConfig returns the effective configuration with secrets masked as "***"."""
     ListPlugins: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListPluginsRequest, _agent_pb2.ListPluginsResponse]  # type: ignore[assignment]
     """ListPlugins returns the plugins discovered through Python entry points."""
+    ListAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListAgentsRequest, _agent_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """ListAgents lists the agents that share this core's stream store: the fleet. A core on its
+    own store (SQLite) lists itself.
+    """
     CheckHealth: _aio.UnaryUnaryMultiCallable[_agent_pb2.CheckHealthRequest, _agent_pb2.CheckHealthResponse]  # type: ignore[assignment]
     """CheckHealth checks the core and, when asked, the dependent services (Triton and models)."""
 
@@ -88,6 +96,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ListPluginsResponse, _abc.Awaitable[_agent_pb2.ListPluginsResponse]]:
         """ListPlugins returns the plugins discovered through Python entry points."""
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _agent_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListAgentsResponse, _abc.Awaitable[_agent_pb2.ListAgentsResponse]]:
+        """ListAgents lists the agents that share this core's stream store: the fleet. A core on its
+        own store (SQLite) lists itself.
+        """
 
     @_abc_1.abstractmethod
     def CheckHealth(

@@ -31,6 +31,9 @@ from lva_core.api.servicers.analytics import AnalyticsServicer
 from lva_core.api.servicers.models import ModelsServicer
 from lva_core.api.servicers.streams import StreamsServicer
 from lva_core.events.bus import EventBus
+from lva_core.fleet.directory import AgentDirectory, LocalDirectory
+from lva_core.fleet.identity import agent_spec
+from lva_core.fleet.lease import LeaseTiming
 from lva_core.inference.service import Inference
 from lva_core.metrics.collectors import serve_metrics
 from lva_core.metrics.instruments import watch_event_loop
@@ -39,7 +42,7 @@ from lva_core.pipeline.settings import StreamSettings
 from lva_core.runtime.triton import TritonRuntime
 from lva_core.streams.manager import StreamManager
 from lva_core.streams.store.base import StoreError
-from lva_core.streams.store.factory import open_store
+from lva_core.streams.store.factory import POSTGRES_SCHEMES, open_store, store_url
 
 log = logging.getLogger("lva_core")
 
@@ -68,12 +71,15 @@ class CoreServer:
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.directory: AgentDirectory = LocalDirectory(
+            agent_spec(config, int(config["core"]["port"]), self.catalogue), self._stream_count
+        )
         self._triton_start: asyncio.Task[None] | None = None
         self._loop_watch: asyncio.Task[None] | None = None
 
     def _register(self) -> None:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(self.config, self.triton, self.catalogue), self.server
+            AgentServicer(self.config, self.triton, self.catalogue, lambda: self.directory), self.server
         )
         streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config))
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
@@ -108,6 +114,7 @@ class CoreServer:
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("core listening on %s:%s%s", core["host"], self.port, " (TLS)" if credentials else "")
+        await self._join_fleet()
         self.metrics_port = serve_metrics(
             core["host"], int(core.get("metrics_port", 0)), self.streams, self.bus
         )
@@ -117,6 +124,45 @@ class CoreServer:
         self._triton_start = asyncio.create_task(self._start_triton())
         return self.port
 
+    def _stream_count(self) -> int:
+        return len(self.streams.workers)
+
+    async def _join_fleet(self) -> None:
+        """Register as an agent of the fleet when the store is shared (PostgreSQL)."""
+        spec = agent_spec(self.config, self.port, self.catalogue)
+        url = store_url(self.config)
+        if not url.lower().startswith(POSTGRES_SCHEMES):
+            self.directory = LocalDirectory(spec, self._stream_count)
+            return
+        fleet = self.config.get("fleet") or {}
+        timing = LeaseTiming(
+            float(fleet.get("renew_interval", 2.0)),
+            float(fleet.get("lease_ttl", 12.0)),
+            float(fleet.get("fence_margin", 2.0)),
+        )
+        # Imported here: a single-node core never loads the database client.
+        from lva_core.fleet.postgres_agents import PostgresAgents
+
+        loop = asyncio.get_running_loop()
+        agents = PostgresAgents(
+            url,
+            spec,
+            timing,
+            self._stream_count,
+            on_fenced=lambda: loop.call_soon_threadsafe(self._fenced),
+            on_registered=lambda n: loop.call_soon_threadsafe(self._registered, n),
+        )
+        await loop.run_in_executor(None, agents.start)
+        self.directory = agents
+
+    def _fenced(self) -> None:
+        # One core per database until streams are claimed (streams/store/postgresql.py): no other
+        # agent can take these streams over, so stopping them would only stop the cameras.
+        log.warning("lease lost: this core's streams keep running (it is the only core on its store)")
+
+    def _registered(self, incarnation: int) -> None:
+        log.info("registered again as incarnation %d", incarnation)
+
     async def _start_triton(self) -> None:
         await self.triton.start()
         # The streams of the last run resume once Triton is up, so that their first frames are
@@ -124,6 +170,8 @@ class CoreServer:
         self.streams.resume()
 
     async def stop(self, grace: float = 5.0) -> None:
+        with contextlib.suppress(Exception):  # shown while the workers stop; best effort
+            await self.directory.set_draining()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for task in (self._triton_start, self._loop_watch):
@@ -132,6 +180,7 @@ class CoreServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.streams.close()
+        await self.directory.close()
         await self.inference.close()
         await self.triton.stop()
         log.info("core stopped")
@@ -146,6 +195,11 @@ async def serve(config: dict[str, Any]) -> None:
         log.error("%s", exc)
         raise SystemExit(1) from None
     stop = stop_event()
-    await server.start()
+    try:
+        await server.start()
+    except StoreError as exc:  # the fleet's registration: the same refusal as the store's
+        log.error("%s", exc)
+        await server.stop(grace=0)
+        raise SystemExit(1) from None
     await stop.wait()
     await server.stop()

@@ -71,3 +71,17 @@ RPC_LATENCY = Histogram(
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# The fleet (lva_core/fleet): this agent's lease in the shared store.
+LEASE_RENEW = Histogram(
+    "lva_fleet_lease_renew_seconds",
+    "Time of one lease renewal, from sending it to its answer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LEASE_LOST = Counter(
+    "lva_fleet_lease_lost_total",
+    "Times this agent fenced itself: its lease ran out unrenewed, or another start took its id.",
+)
+REGISTRATIONS = Counter(
+    "lva_fleet_registrations_total", "Registrations of this agent (each one a new incarnation)."
+)

@@ -18,6 +18,7 @@ import pytest
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
 from lva_core.streams.state import Status
+from lva_core.streams.store import postgresql
 from lva_core.streams.store.base import StoreError
 from lva_core.streams.store.factory import open_store
 from lva_core.streams.store.postgresql import SCHEMA_VERSION, PostgresStreamStore
@@ -207,3 +208,31 @@ def test_a_core_whose_database_is_unusable_refuses_to_start(
     with pytest.raises(RuntimeError, match="exited with 1") as caught:
         start_core(log_dir, triton.address, env, timeout=20)
     assert "does not exist" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_streams(
+    cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    # A database as the first PostgreSQL store left it: schema 1 (streams only), one stream.
+    url = _database_for(cluster, tmp_path)
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(postgresql._CREATE_VERSION_TABLE)
+        for statement in postgresql.MIGRATIONS[0]:
+            await admin.execute(statement)
+        await admin.execute("INSERT INTO lva_schema (id, version) VALUES (1, 1)")
+        await admin.execute(postgresql._INSERT, *postgresql._row(record(1)))
+    finally:
+        await admin.close()
+    opened = PostgresStreamStore(url)
+    try:
+        assert opened.schema_version() == SCHEMA_VERSION == 2
+        [kept_stream] = opened.load()
+        assert contract.kept(kept_stream) == contract.kept(record(1))
+    finally:
+        await opened.close()
+    admin = await asyncpg.connect(url)
+    try:
+        assert await admin.fetchval("SELECT count(*) FROM agents") == 0  # version 2's table exists
+    finally:
+        await admin.close()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from lva.v1 import agent_pb2, agent_pb2_grpc
 from lva_common.config import mask_secrets
-from lva_common.errors import BAD_QUERY, HEALTH_CHECK, LunaError
+from lva_common.errors import BAD_QUERY, HEALTH_CHECK, INTERNAL, LunaError
 from lva_core.analytics.base import Analytic
+from lva_core.fleet.directory import AgentDirectory, AgentStatus, AgentView
 from lva_core.plugins import discover_plugins
 from lva_core.runtime.triton_health import ComponentError
+from lva_core.streams.store.base import StoreError
 from lva_core.version import API_VERSION, version_parts
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,10 +28,16 @@ class HealthSource(Protocol):
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
-        self, config: dict[str, Any], triton: HealthSource, catalogue: Mapping[str, Analytic]
+        self,
+        config: dict[str, Any],
+        triton: HealthSource,
+        catalogue: Mapping[str, Analytic],
+        directory: Callable[[], AgentDirectory] | None = None,
     ) -> None:
         self._config = config
         self._triton = triton
+        # Called per request: the directory exists once the core has bound its port.
+        self._directory = directory
         self._versions = {name: analytic.version for name, analytic in catalogue.items()}
 
     async def GetVersion(
@@ -79,3 +87,43 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     HEALTH_CHECK, f"unhealthy: {names}", {"errors": [e.to_dict() for e in errors]}
                 )
         return agent_pb2.CheckHealthResponse(execution_time=round(time.perf_counter() - started, 6))
+
+    async def ListAgents(
+        self, request: agent_pb2.ListAgentsRequest, context: Context
+    ) -> agent_pb2.ListAgentsResponse:
+        if self._directory is None:
+            raise NotImplementedError
+        try:
+            agents = await self._directory().list()
+        except (StoreError, OSError, TimeoutError) as exc:
+            raise LunaError(INTERNAL, f"the fleet's store cannot be read: {exc}") from None
+        return agent_pb2.ListAgentsResponse(agents=[_agent(a) for a in agents])
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+_AGENT_STATUS = {
+    AgentStatus.ALIVE: agent_pb2.AGENT_STATUS_ALIVE,
+    AgentStatus.DRAINING: agent_pb2.AGENT_STATUS_DRAINING,
+    AgentStatus.LOST: agent_pb2.AGENT_STATUS_LOST,
+    AgentStatus.STOPPED: agent_pb2.AGENT_STATUS_STOPPED,
+}
+
+
+def _agent(view: AgentView) -> agent_pb2.Agent:
+    return agent_pb2.Agent(
+        agent_id=view.spec.agent_id,
+        incarnation=view.incarnation,
+        endpoint=view.spec.endpoint,
+        status=_AGENT_STATUS[view.status],
+        capacity=view.spec.capacity,
+        stream_count=view.stream_count,
+        analytics=list(view.spec.analytics),
+        labels=dict(view.spec.labels),
+        last_renewal=_timestamp(view.last_renewal),
+        started=_timestamp(view.started),
+    )

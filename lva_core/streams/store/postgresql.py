@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ from lva_core.api.convert import (
     source_data_from_proto,
     source_data_to_proto,
 )
+from lva_core.runtime.background_loop import BackgroundLoop
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.spec import AnalyticSpec
 from lva_core.streams.state import Status
@@ -50,7 +50,7 @@ log = logging.getLogger("lva_core.streams.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Held for the core's lifetime (one agent per database until claims exist); any fixed 64-bit key.
 SINGLE_AGENT_LOCK = 0x4C56_4153_5452_4D31  # "LVASTRM1"
 # Taken for the migration's transaction only: agents starting together migrate once.
@@ -82,6 +82,26 @@ MIGRATIONS: dict[int, list[str]] = {
         )
         """,
         "CREATE INDEX streams_account ON streams (account_id)",
+    ],
+    # The fleet's agents (lva_core/fleet): one row per agent_id, its lease on the server's clock.
+    1: [
+        # Every start of an agent takes the next number: the fencing token of that incarnation.
+        "CREATE SEQUENCE agent_incarnations",
+        """
+        CREATE TABLE agents (
+            agent_id text PRIMARY KEY,
+            incarnation bigint NOT NULL,
+            endpoint text NOT NULL,
+            capacity integer NOT NULL,
+            analytics text[] NOT NULL,
+            labels jsonb NOT NULL,
+            status text NOT NULL,              -- alive, draining, stopped; lost is derived
+            stream_count integer NOT NULL,
+            started_at timestamptz NOT NULL,
+            renewed_at timestamptz NOT NULL,
+            lease_expires timestamptz NOT NULL
+        )
+        """,
     ],
 }
 
@@ -148,9 +168,7 @@ class PostgresStreamStore:
         self._location = mask_url(url)
         self._connect_timeout = connect_timeout
         self._closed = False
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="stream-store", daemon=True)
-        self._thread.start()
+        self._background = BackgroundLoop("stream-store")
         self._db: asyncpg.Connection | None = None
         self._writes: asyncio.Queue[tuple[str, tuple[Any, ...], bool, Future[None] | None] | None]
         self._writer: asyncio.Task[None] | None = None
@@ -158,23 +176,14 @@ class PostgresStreamStore:
             self._call(self._open())
         except BaseException:
             self._call(self._disconnect())
-            self._stop_loop()
+            self._background.stop()
             raise
 
     # ------------------------------------------------------------------ the store's own loop
 
-    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Start-up and tests: run on the store's loop and wait."""
-        return self._submit(coroutine).result()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
+        return self._background.call(coroutine)
 
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -325,7 +334,7 @@ class PostgresStreamStore:
         return self._call(read())
 
     def _enqueue(self, sql: str, params: tuple[Any, ...], durable: bool, done: Future[None] | None) -> None:
-        self._loop.call_soon_threadsafe(self._writes.put_nowait, (sql, params, durable, done))
+        self._background.call_soon(self._writes.put_nowait, (sql, params, durable, done))
 
     async def _durable(self, sql: str, params: tuple[Any, ...]) -> None:
         if self._closed:
@@ -368,8 +377,8 @@ class PostgresStreamStore:
             await self._disconnect()
 
         try:
-            await asyncio.wrap_future(self._submit(finish()))
+            await self._background.run(finish())
         except Exception as exc:
             log.error("closing the stream store %s: %s", self._location, exc)
-        await asyncio.get_running_loop().run_in_executor(None, self._stop_loop)
+        await asyncio.get_running_loop().run_in_executor(None, self._background.stop)
         log.info("stream store %s closed", self._location)
