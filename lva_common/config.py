@@ -202,6 +202,12 @@ def mask_url(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def mask_reference(text: str, reference: str) -> str:
+    """``text`` with every quotation of ``reference`` masked (FFmpeg and servers quote URLs)."""
+    masked = mask_url(reference)
+    return text.replace(reference, masked) if reference and masked != reference else text
+
+
 def mask_secrets(value: Any, key: str = "") -> Any:
     """A copy with secret values replaced by ``***`` and credentials removed from URLs."""
     if isinstance(value, Mapping):

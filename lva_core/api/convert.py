@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from lva.v1 import streams_pb2
-from lva_common.config import mask_url
+from lva_common.config import mask_reference, mask_url
 from lva_core.events.messages import StreamEvent
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.spec import (
@@ -208,13 +208,14 @@ def stream_to_proto(record: StreamRecord) -> streams_pb2.Stream:
             decode_fps=round(stats.decode_fps, 2),
             frame_age=round(stats.frame_age, 4),
             reconnects=stats.reconnects,
-            last_error=stats.last_error,
+            # Inference errors name no reference today; masked anyway, at the one exit.
+            last_error=mask_reference(stats.last_error, record.data.reference) if stats.last_error else None,
         ),
     )
     for spec in record.analytics:
         stream.analytics.add(analytic_name=spec.name, parameters=struct_from(spec.parameters))
     if record.error is not None:
-        stream.error = record.error
+        stream.error = mask_reference(record.error, record.data.reference)
     return stream
 
 

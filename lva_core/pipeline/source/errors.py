@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from lva_common.config import mask_url
+from lva_common.config import mask_reference, mask_url
 
 ErrorKind = Literal[
     "connection_refused",
@@ -74,7 +74,7 @@ def classify(
     text = f"{type(exc).__name__}: {exc}"
     if reference:
         # FFmpeg's messages quote the URL they failed on, credentials and all.
-        text = text.replace(reference, mask_url(reference))
+        text = mask_reference(text, reference)
     if isinstance(exc, av.error.ExitError) or (
         elapsed is not None and timeout is not None and elapsed >= 0.9 * timeout
     ):
