@@ -210,7 +210,7 @@ def test_a_core_whose_database_is_unusable_refuses_to_start(
     assert "does not exist" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
-async def test_a_version_1_database_is_migrated_and_keeps_its_streams(
+async def test_a_version_1_database_is_migrated_to_the_last_and_keeps_its_streams(
     cluster: PostgresCluster, tmp_path: Path
 ) -> None:
     # A database as the first PostgreSQL store left it: schema 1 (streams only), one stream.
@@ -221,12 +221,14 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_streams(
         for statement in postgresql.MIGRATIONS[0]:
             await admin.execute(statement)
         await admin.execute("INSERT INTO lva_schema (id, version) VALUES (1, 1)")
-        await admin.execute(postgresql._INSERT, *postgresql._row(record(1)))
+        marks = ", ".join(f"${n}" for n in range(1, 12))
+        version_1_insert = f"INSERT INTO streams ({postgresql._COLUMNS}) VALUES ({marks})"
+        await admin.execute(version_1_insert, *postgresql._row(record(1))[:11])
     finally:
         await admin.close()
     opened = PostgresStreamStore(url)
     try:
-        assert opened.schema_version() == SCHEMA_VERSION == 2
+        assert opened.schema_version() == SCHEMA_VERSION == 3
         [kept_stream] = opened.load()
         assert contract.kept(kept_stream) == contract.kept(record(1))
     finally:
@@ -234,5 +236,8 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_streams(
     admin = await asyncpg.connect(url)
     try:
         assert await admin.fetchval("SELECT count(*) FROM agents") == 0  # version 2's table exists
+        # Version 3's columns, filled in for the stream that was there: unowned, its analytics named.
+        row = await admin.fetchrow("SELECT owner_id, analytic_names FROM streams")
+        assert row is not None and row["owner_id"] is None and row["analytic_names"] == ["people_counter"]
     finally:
         await admin.close()

@@ -50,7 +50,7 @@ log = logging.getLogger("lva_core.streams.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Held for the core's lifetime (one agent per database until claims exist); any fixed 64-bit key.
 SINGLE_AGENT_LOCK = 0x4C56_4153_5452_4D31  # "LVASTRM1"
 # Taken for the migration's transaction only: agents starting together migrate once.
@@ -103,6 +103,21 @@ MIGRATIONS: dict[int, list[str]] = {
         )
         """,
     ],
+    # Ownership of streams by agents (lva_core/fleet/claims.py): who runs a stream, fenced by
+    # the incarnation; and the analytics' names, which an agent must all have to claim it.
+    2: [
+        """
+        ALTER TABLE streams
+            ADD COLUMN owner_id text,
+            ADD COLUMN owner_incarnation bigint,
+            ADD COLUMN analytic_names text[] NOT NULL DEFAULT '{}'
+        """,
+        """
+        UPDATE streams SET analytic_names =
+            ARRAY(SELECT DISTINCT a->>'name' FROM jsonb_array_elements(analytics) a ORDER BY 1)
+        """,
+        "CREATE INDEX streams_owner ON streams (owner_id, owner_incarnation)",
+    ],
 }
 
 # What a dead connection raises: the server went away (restart, crash) or the network did.
@@ -118,7 +133,18 @@ _COLUMNS = (
     "stream_id, account_id, name, description, data, analytics, autorestart, status, error, "
     "create_time, last_update_time"
 )
-_INSERT = f"INSERT INTO streams ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_INSERT = (
+    f"INSERT INTO streams ({_COLUMNS}, analytic_names) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+# What the user asked for, from any core: a stream paused (or ended) has no owner any more, so
+# its owner's next fenced write fails and its worker stops; one resumed stays unowned, claimable.
+_SAVE_STATUS = """
+UPDATE streams SET status = $1, error = $2, last_update_time = $3,
+    owner_id = CASE WHEN $1 IN ('pending', 'in_progress', 'restart') THEN owner_id END,
+    owner_incarnation = CASE WHEN $1 IN ('pending', 'in_progress', 'restart') THEN owner_incarnation END
+WHERE stream_id = $4
+"""
 _UPDATE_STATUS = "UPDATE streams SET status = $1, error = $2, last_update_time = $3 WHERE stream_id = $4"
 
 
@@ -136,6 +162,7 @@ def _row(record: StreamRecord) -> tuple[Any, ...]:
         record.error,
         record.create_time,
         record.last_update_time,
+        sorted({s.name for s in record.analytics}),
     )
 
 
@@ -349,7 +376,7 @@ class PostgresStreamStore:
 
     async def save_status(self, record: StreamRecord) -> None:
         """A status the user asked for (pause, resume); committed when this returns."""
-        await self._durable(_UPDATE_STATUS, self._status(record))
+        await self._durable(_SAVE_STATUS, self._status(record))
 
     def note_status(self, record: StreamRecord) -> None:
         """A status the worker reached: queued, committed in order, not waited for. Never raises."""
