@@ -11,7 +11,7 @@ contain spaces and parentheses itself. Field numbers in the docstrings are proc(
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -83,6 +83,24 @@ def children(pid: int) -> dict[int, str]:
     """The direct children of ``pid``, each with its start time (its identity)."""
     parent = str(pid)
     return {child: f[_STARTTIME] for child, f in _processes().items() if f[_PPID] == parent}
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with; [] when it is gone or unreadable."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def started_with(predicate: Callable[[list[str]], bool]) -> dict[int, str]:
+    """Every live process whose arguments satisfy ``predicate``, each with its identity."""
+    found = {}
+    for pid, fields in _processes().items():
+        if fields[_STATE] != "Z" and predicate(command_line(pid)):
+            found[pid] = fields[_STARTTIME]
+    return found
 
 
 def tree(pid: int) -> list[int]:

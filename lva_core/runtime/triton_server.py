@@ -76,6 +76,25 @@ def _with_death_signal(python: Path, args: list[str]) -> list[str]:
     return [str(python), "-I", "-S", "-c", _DEATH_SIGNAL_LAUNCHER, str(os.getpid()), *args]
 
 
+# A stub's arguments: its binary, model.py, its shm region, two sizes, then its server's pid.
+_STUB_BINARY = "triton_python_backend_stub"
+_STUB_PARENT_ARG = 5
+
+
+def backend_stubs_of(server_pid: int) -> dict[int, str]:
+    """The Python backend stubs that server ``server_pid`` started, alive, even re-parented."""
+    parent = str(server_pid)
+
+    def is_stub(args: list[str]) -> bool:
+        return (
+            len(args) > _STUB_PARENT_ARG
+            and args[0].endswith(_STUB_BINARY)
+            and args[_STUB_PARENT_ARG] == parent
+        )
+
+    return procfs.started_with(is_stub)
+
+
 class LocalTriton:
     """Start and stop a tritonserver from the Triton environment (``make triton-env``)."""
 
@@ -236,6 +255,11 @@ class LocalTriton:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        # Stubs started after the last look at the tree (a model still loading when the server
+        # was told to stop, or when Ctrl-C reached the server first) were re-parented when it
+        # exited: they name their server's pid among their arguments.
+        self._stubs.update(backend_stubs_of(proc.pid))
+        self._regions.update(shm_regions_of(list(self._stubs)))
         await self._reap_stubs()
         if self._drain_task is not None:
             # The pipe closes when the server and its stubs are gone; the drain then ends.
@@ -254,6 +278,7 @@ class LocalTriton:
         self._proc = None
 
     def _remember_tree(self, pid: int) -> None:
+        # Triton's Python backend stubs are the server's only children.
         self._stubs.update(procfs.children(pid))
         self._regions.update(shm_regions_of([pid, *self._stubs]))
 

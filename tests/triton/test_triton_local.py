@@ -22,7 +22,7 @@ from skimage import data, transform
 from lva_common.errors import LunaError
 from lva_core.runtime import procfs
 from lva_core.runtime.triton_health import ComponentError, check_triton
-from lva_core.runtime.triton_server import LocalTriton
+from lva_core.runtime.triton_server import LocalTriton, backend_stubs_of
 from lva_core.runtime.triton_shm import SHM_DIR, SHM_PREFIX, cleanup_stale_shm
 from lva_testkit.paths import MODEL_REPOSITORY as MODELS
 from lva_testkit.paths import REPO, TRITON_ENV
@@ -182,6 +182,31 @@ async def test_check_triton_does_not_hang_on_a_silent_server() -> None:
     # What it guards against is a hang: the bound is the 1 s timeout plus slack for a loaded machine.
     assert elapsed < 1.0 + 4.0
     assert [(error.component, error.status) for error in errors] == [("triton", "unreachable")]
+
+
+async def test_stop_reaps_stubs_of_the_server_that_it_no_longer_parents() -> None:
+    # A stub the server started after stop()'s last look at its children (a model still loading
+    # when Ctrl-C on `make run` reached tritonserver itself) is re-parented when the server
+    # exits, and used to stay for good with its shm region. It names its server's pid among its
+    # arguments; stop() finds it by them. Which timing leaves one behind is Triton's, so the
+    # stand-in here is a process with a stub's arguments that the server never parented.
+    server = new_triton()
+    await server.start()
+    pid = server.pid
+    assert pid is not None
+    stand_in = await asyncio.create_subprocess_exec(
+        "/opt/tritonserver/backends/python/triton_python_backend_stub", "60", "1", "1", "1", str(pid),
+        executable="/bin/sleep",  # sleep sums its arguments: it just waits
+    )  # fmt: skip
+    try:
+        assert stand_in.pid in backend_stubs_of(pid)
+        await server.stop()
+        assert await asyncio.wait_for(stand_in.wait(), 10) == -signal.SIGKILL
+        assert backend_stubs_of(pid) == {}
+    finally:
+        if stand_in.returncode is None:
+            stand_in.kill()
+            await stand_in.wait()
 
 
 async def test_model_that_fails_to_load_is_a_clear_error(tmp_path: Path) -> None:
