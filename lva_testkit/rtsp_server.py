@@ -16,7 +16,10 @@ so this file has two halves:
 
 The file loops so that the stream stays live: at the end of the file the media seeks back to
 the start with a *segment* seek, which keeps running time, and so RTP timestamps, increasing
-across the loop (a flushing seek would restart them). By default every client shares one media
+across the loop (a flushing seek would restart them). The media answers that it cannot seek, as
+a camera cannot: otherwise a client joining a shared media makes the server seek it to the PLAY
+range, which undoes the segment seek, and every client sees the stream end at the end of the
+file. By default every client shares one media
 (``set_shared``), like a camera's single encoder: all clients receive the same frame at the same
 instant. ``shared=False`` gives each client a media of its own, started when it connects, so N
 clients that connect one after another are out of phase, as N real cameras are (the benchmarks
@@ -261,6 +264,21 @@ def _serve(
                 return True
             return bool(GstRtspServer.RTSPMedia.do_handle_message(self, message))
 
+    def not_seekable(pad: Any, info: Any) -> Any:
+        query = info.get_query()
+        if query is not None and query.type == Gst.QueryType.SEEKING:
+            query.set_seeking(Gst.Format.TIME, False, 0, -1)
+            return Gst.PadProbeReturn.HANDLED
+        return Gst.PadProbeReturn.OK
+
+    def as_a_camera(factory: Any, media: Any) -> None:
+        # A camera cannot seek, and the loop above depends on nobody else seeking: a client
+        # that joins a shared media a moment after another sends PLAY with a Range, and the
+        # server's flushing seek to it replaced the segment seek, so the file ended (EOS, BYE)
+        # at its next end for every client. Answering "not seekable" stops the server seeking.
+        parse = media.get_element().get_by_name("parse")
+        parse.get_static_pad("src").add_probe(Gst.PadProbeType.QUERY_UPSTREAM, not_seekable)
+
     GObject.type_register(LoopingMedia)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
@@ -268,11 +286,12 @@ def _serve(
     factory = GstRtspServer.RTSPMediaFactory()
     location = clip.replace("\\", "\\\\").replace('"', '\\"')
     factory.set_launch(
-        f'( filesrc location="{location}" ! qtdemux name=demux ! h264parse config-interval=-1 '
+        f'( filesrc location="{location}" ! qtdemux name=demux ! h264parse name=parse config-interval=-1 '
         "! rtph264pay name=pay0 pt=96 )"
     )
     factory.set_shared(shared)
     factory.set_media_gtype(LoopingMedia.__gtype__)
+    factory.connect("media-constructed", as_a_camera)
     server.get_mount_points().add_factory(mount, factory)
     if server.attach(None) == 0:
         raise SystemExit(f"cannot listen on 127.0.0.1:{port}")
