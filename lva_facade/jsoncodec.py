@@ -257,38 +257,22 @@ def _scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
     raise CodecError(path, f"unsupported field type {kind}")
 
 
-def _first_non_finite(value: Any, path: str) -> str | None:
-    """The path of the first NaN or infinite number inside a JSON value (``1e400`` parses as inf)."""
+def _check_struct_value(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse, with its path, the first NaN or infinity (``1e400`` parses as inf: a Struct holds
+    it, no JSON renders it back) or the first object or array nested past MAX_STRUCT_DEPTH. The
+    depth bound also bounds this walk."""
     if isinstance(value, float) and not math.isfinite(value):
-        return path
+        raise CodecError(path, "must be a finite number")
     if isinstance(value, dict):
         items: Any = ((_join(path, str(k)), v) for k, v in value.items())
     elif isinstance(value, list):
         items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
     else:
-        return None
-    for item_path, item in items:
-        found = _first_non_finite(item, item_path)
-        if found is not None:
-            return found
-    return None
-
-
-def _first_too_deep(value: Any, path: str, depth: int = 0) -> str | None:
-    """The path of the first object or array nested deeper than MAX_STRUCT_DEPTH."""
-    if not isinstance(value, dict | list):
-        return None
+        return
     if depth >= MAX_STRUCT_DEPTH:
-        return path
-    if isinstance(value, dict):
-        items: Any = ((_join(path, str(k)), v) for k, v in value.items())
-    else:
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        raise CodecError(path, f"nested too deeply (at most {MAX_STRUCT_DEPTH} levels of objects and arrays)")
     for item_path, item in items:
-        found = _first_too_deep(item, item_path, depth + 1)
-        if found is not None:
-            return found
-    return None
+        _check_struct_value(item, item_path, depth + 1)
 
 
 def json_to_message(data: Any, message: Message, path: str = "") -> Message:
@@ -299,15 +283,7 @@ def json_to_message(data: Any, message: Message, path: str = "") -> Message:
         if full_name == "google.protobuf.Struct" and not isinstance(data, dict):
             raise CodecError(path, "must be an object")
         # A Struct holds doubles, infinities included, which no JSON can render back.
-        # Depth first: it bounds the walk that looks for infinities.
-        deep = _first_too_deep(data, path)
-        if deep is not None:
-            raise CodecError(
-                deep, f"nested too deeply (at most {MAX_STRUCT_DEPTH} levels of objects and arrays)"
-            )
-        bad = _first_non_finite(data, path)
-        if bad is not None:
-            raise CodecError(bad, "must be a finite number")
+        _check_struct_value(data, path)
         if (
             full_name == "google.protobuf.Duration"
             and isinstance(data, int | float)

@@ -20,7 +20,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from lva.v1 import streams_pb2
 from lva_common.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
-from lva_common.ids import canonical_uuid
+from lva_common.ids import query_uuid
 from lva_facade.jsoncodec import message_to_json
 from lva_facade.request_id import HEADER, METADATA_KEY, request_id_of
 from lva_facade.routes import Route
@@ -55,11 +55,9 @@ def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat
         stream_id = request.query.get("stream_id", "")
         account_id = request.query.get("account_id", "")
         # Checked here, before the upgrade; the core looks up the canonical form (lva_common.ids).
-        for name, value in (("stream_id", stream_id), ("account_id", account_id)):
-            if (value or name == "stream_id") and canonical_uuid(value) is None:
-                raise LunaError(
-                    BAD_QUERY, f"{name} {value!r} is not a UUID (8-4-4-4-12 hex digits)", {"path": name}
-                )
+        query_uuid(stream_id, "stream_id")
+        if account_id:
+            query_uuid(account_id, "account_id")
         metadata = ((METADATA_KEY, request_id_of(request)),)
         try:
             await get_stream()(

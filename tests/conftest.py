@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from lva_testkit.ports import refused_port
+from lva_testkit.postgres import PostgresCluster, new_cluster
 from lva_testkit.stack import Service, start_core, start_facade, start_triton
 
 TESTS = Path(__file__).resolve().parent
@@ -23,7 +24,7 @@ PLUGIN_SITE = TESTS / "fixtures" / "plugin_site"
 # Folders whose every test starts Triton, a core or a facade (or the whole stack) as processes.
 E2E_FOLDERS = ("e2e", "triton", "models", "reliability", "bench")
 # The session's services: a test that uses any of them is end to end wherever it lives.
-SERVICE_FIXTURES = {"triton", "core", "facade"}
+SERVICE_FIXTURES = {"triton", "core", "facade", "postgres"}
 
 SECRET_TOKEN = "s3cr3t-token-value"
 CAMERA_URL = "rtsp://admin:hunter2@127.0.0.1:8554/cam"
@@ -49,6 +50,15 @@ def secret_token() -> str:
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL cluster for the session; each test takes a database of its own."""
+    cluster = new_cluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

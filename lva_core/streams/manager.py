@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
-from lva_common.ids import canonical_uuid
+from lva_common.ids import canonical_uuid, query_uuid
 from lva_core.analytics.base import Analytic
 from lva_core.events.bus import EventBus
 from lva_core.events.messages import StreamEvent
@@ -26,7 +26,6 @@ from lva_core.streams.validation import (
     MAX_NAME,
     body_uuid,
     check_text,
-    query_uuid,
     validate_analytics,
     validate_autorestart,
     validate_data,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lva_common.errors import BAD_QUERY, LunaError, invalid
+from lva_common.errors import invalid
 from lva_common.ids import canonical_uuid
 from lva_core.analytics.base import Analytic
 from lva_core.pipeline.source.errors import SourceError
@@ -32,14 +32,6 @@ def body_uuid(value: str, path: str) -> str:
     canonical = canonical_uuid(value)
     if canonical is None:
         raise invalid(path, f"{value!r} is not a UUID (8-4-4-4-12 hex digits)")
-    return canonical
-
-
-def query_uuid(value: str, name: str) -> str:
-    """A UUID that names an object to look up (a path or query value), canonical, or 12012."""
-    canonical = canonical_uuid(value)
-    if canonical is None:
-        raise LunaError(BAD_QUERY, f"{name} {value!r} is not a UUID (8-4-4-4-12 hex digits)", {"path": name})
     return canonical
 
 

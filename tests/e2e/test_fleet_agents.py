@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,27 +21,17 @@ from lva_core.fleet.identity import AgentSpec
 from lva_core.fleet.lease import LeaseTiming
 from lva_core.fleet.postgres_agents import PostgresAgents
 from lva_core.streams.store.postgresql import PostgresStreamStore
-from lva_testkit.postgres import PostgresCluster, new_cluster
+from lva_testkit.postgres import PostgresCluster
 from lva_testkit.stack import Service, start_core, start_facade
 from lva_testkit.tcp_proxy import TcpProxy
 
 TIMING = LeaseTiming(renew_interval=0.3, ttl=2.0, margin=0.5)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    server = new_cluster()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def database(cluster: PostgresCluster, request: pytest.FixtureRequest) -> str:
+def database(postgres: PostgresCluster, request: pytest.FixtureRequest) -> str:
     """A database of the test's own, with the schema (the stream store creates it)."""
-    url = cluster.database("a_" + request.node.name.lower()[:50].replace("[", "_").replace("]", ""))
+    url = postgres.database("a_" + request.node.name.lower()[:50].replace("[", "_").replace("]", ""))
     asyncio.run(_close(PostgresStreamStore(url)))
     return url
 
@@ -134,11 +123,11 @@ async def test_every_start_is_a_new_incarnation_and_the_old_one_is_fenced(databa
 
 
 async def test_an_agent_cut_off_fences_itself_before_its_lease_ends_then_comes_back(
-    database: str, cluster: PostgresCluster
+    database: str, postgres: PostgresCluster
 ) -> None:
-    proxy = TcpProxy(cluster.port).start()
+    proxy = TcpProxy(postgres.port).start()
     events = Events()
-    url = database.replace(f"127.0.0.1:{cluster.port}", proxy.address)
+    url = database.replace(f"127.0.0.1:{postgres.port}", proxy.address)
     agents = _agents(url, _spec("a3"), events)
     first = agents.start()
     try:
@@ -206,9 +195,9 @@ async def _list_direct(url: str) -> dict[str, str]:
 
 
 async def test_get_agents_lists_a_core_on_postgresql_until_it_stops(
-    cluster: PostgresCluster, triton: Service, log_dir: Path, http: aiohttp.ClientSession
+    postgres: PostgresCluster, triton: Service, log_dir: Path, http: aiohttp.ClientSession
 ) -> None:
-    url = cluster.database("fleet_core")
+    url = postgres.database("fleet_core")
     env = {
         "LVA_STREAMS__STORE": url,
         "LVA_FLEET__AGENT_ID": "core-a",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
@@ -23,28 +23,18 @@ from lva_core.fleet.postgres_agents import PostgresAgents
 from lva_core.streams.spec import AnalyticSpec
 from lva_core.streams.state import Status
 from lva_core.streams.store.postgresql import PostgresStreamStore
-from lva_testkit.postgres import PostgresCluster, new_cluster
+from lva_testkit.postgres import PostgresCluster
 from tests.unit.test_store_contract import record
 
 TIMING = LeaseTiming(renew_interval=0.3, ttl=2.0, margin=0.5)
 ALL = ("human_tracking", "people_counter", "pipeline_probe")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    server = new_cluster()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 async def store(
-    cluster: PostgresCluster, request: pytest.FixtureRequest
+    postgres: PostgresCluster, request: pytest.FixtureRequest
 ) -> AsyncIterator[PostgresStreamStore]:
-    url = cluster.database("c_" + request.node.name.lower()[:50].replace("[", "_").replace("]", ""))
+    url = postgres.database("c_" + request.node.name.lower()[:50].replace("[", "_").replace("]", ""))
     opened = PostgresStreamStore(url)
     try:
         yield opened

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +17,7 @@ import pytest
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
 from lva_core.streams.state import Status
-from lva_core.streams.store import postgresql
+from lva_core.streams.store import postgresql, rows
 from lva_core.streams.store.base import StoreError
 from lva_core.streams.store.factory import open_store
 from lva_core.streams.store.postgresql import SCHEMA_VERSION, PostgresStreamStore
@@ -33,33 +32,23 @@ from tests.unit.test_store_contract import Backend, record, store  # noqa: F401 
 globals().update({name: test for name, test in vars(contract).items() if name.startswith("test_")})
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    server = new_cluster()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _database_for(cluster: PostgresCluster, place: Path) -> str:
+def _database_for(postgres: PostgresCluster, place: Path) -> str:
     """The one database of a test's directory: the same directory reopens the same database."""
-    return cluster.database("t_" + hashlib.sha1(str(place).encode()).hexdigest()[:16])
+    return postgres.database("t_" + hashlib.sha1(str(place).encode()).hexdigest()[:16])
 
 
 @pytest.fixture
-def backend(cluster: PostgresCluster) -> Backend:
-    return Backend("postgresql", True, lambda place: PostgresStreamStore(_database_for(cluster, place)))
+def backend(postgres: PostgresCluster) -> Backend:
+    return Backend("postgresql", True, lambda place: PostgresStreamStore(_database_for(postgres, place)))
 
 
 # ---------------------------------------------------------------- only a server can do these
 
 
 async def test_the_config_selects_postgresql_and_the_location_hides_the_password(
-    cluster: PostgresCluster, tmp_path: Path
+    postgres: PostgresCluster, tmp_path: Path
 ) -> None:
-    url = _database_for(cluster, tmp_path).replace("lva@", "lva:hunter2@")  # trust: any password
+    url = _database_for(postgres, tmp_path).replace("lva@", "lva:hunter2@")  # trust: any password
     opened = open_store({"streams": {"store": url}})
     try:
         assert isinstance(opened, PostgresStreamStore)
@@ -95,9 +84,9 @@ def test_an_unusable_store_setting_is_refused_without_its_secrets(bad: str) -> N
 
 
 async def test_a_second_core_on_the_same_database_is_refused_until_the_first_closes(
-    cluster: PostgresCluster, tmp_path: Path
+    postgres: PostgresCluster, tmp_path: Path
 ) -> None:
-    url = _database_for(cluster, tmp_path)
+    url = _database_for(postgres, tmp_path)
     first = PostgresStreamStore(url)
     try:
         with pytest.raises(StoreError, match="in use by another core"):
@@ -108,8 +97,8 @@ async def test_a_second_core_on_the_same_database_is_refused_until_the_first_clo
     await second.close()
 
 
-async def test_a_newer_schema_is_refused(cluster: PostgresCluster, tmp_path: Path) -> None:
-    url = _database_for(cluster, tmp_path)
+async def test_a_newer_schema_is_refused(postgres: PostgresCluster, tmp_path: Path) -> None:
+    url = _database_for(postgres, tmp_path)
     await PostgresStreamStore(url).close()
     admin = await asyncpg.connect(url)
     try:
@@ -120,10 +109,10 @@ async def test_a_newer_schema_is_refused(cluster: PostgresCluster, tmp_path: Pat
         PostgresStreamStore(url)
 
 
-async def test_agents_starting_together_migrate_once(cluster: PostgresCluster, tmp_path: Path) -> None:
+async def test_agents_starting_together_migrate_once(postgres: PostgresCluster, tmp_path: Path) -> None:
     # Two stores opening at once on an empty database: the migration lock makes one create the
     # schema and the other find it (the one-core lock then refuses the second, as it should).
-    url = _database_for(cluster, tmp_path)
+    url = _database_for(postgres, tmp_path)
     loop = asyncio.get_running_loop()
     results = await asyncio.gather(
         loop.run_in_executor(None, PostgresStreamStore, url),
@@ -141,16 +130,16 @@ async def test_agents_starting_together_migrate_once(cluster: PostgresCluster, t
             await each.close()
 
 
-async def test_a_missing_database_or_server_is_a_clear_store_error(cluster: PostgresCluster) -> None:
+async def test_a_missing_database_or_server_is_a_clear_store_error(postgres: PostgresCluster) -> None:
     with pytest.raises(StoreError, match="does not exist"):
-        PostgresStreamStore(cluster.url_for("no_such_database"))
+        PostgresStreamStore(postgres.url_for("no_such_database"))
     closed_port = free_port()  # nothing listens there
     with pytest.raises(StoreError, match=r"cannot be reached|refused"):
         PostgresStreamStore(f"postgresql://lva:secret@127.0.0.1:{closed_port}/x", connect_timeout=3)
 
 
 async def test_a_server_restart_costs_no_write(tmp_path: Path) -> None:
-    # A cluster of its own: restarting the module's would cut the other tests' stores.
+    # A cluster of its own: restarting the session's would cut the other tests' stores.
     server = new_cluster()
     server.start()
     try:
@@ -174,9 +163,9 @@ async def test_a_server_restart_costs_no_write(tmp_path: Path) -> None:
 
 
 async def test_a_core_on_postgresql_keeps_its_streams_over_a_restart(
-    cluster: PostgresCluster, triton: Service, log_dir: Path, tmp_path: Path
+    postgres: PostgresCluster, triton: Service, log_dir: Path, tmp_path: Path
 ) -> None:
-    env = {"LVA_STREAMS__STORE": _database_for(cluster, tmp_path)}
+    env = {"LVA_STREAMS__STORE": _database_for(postgres, tmp_path)}
     request = streams_pb2.CreateStreamRequest(
         name="kept in postgresql",
         data=streams_pb2.StreamData(reference="rtsp://user:pw@127.0.0.1:1/cam"),
@@ -202,19 +191,19 @@ async def test_a_core_on_postgresql_keeps_its_streams_over_a_restart(
 
 
 def test_a_core_whose_database_is_unusable_refuses_to_start(
-    cluster: PostgresCluster, triton: Service, log_dir: Path
+    postgres: PostgresCluster, triton: Service, log_dir: Path
 ) -> None:
-    env = {"LVA_STREAMS__STORE": cluster.url_for("no_such_database").replace("lva@", "lva:hunter2@")}
+    env = {"LVA_STREAMS__STORE": postgres.url_for("no_such_database").replace("lva@", "lva:hunter2@")}
     with pytest.raises(RuntimeError, match="exited with 1") as caught:
         start_core(log_dir, triton.address, env, timeout=20)
     assert "does not exist" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 async def test_a_version_1_database_is_migrated_to_the_last_and_keeps_its_streams(
-    cluster: PostgresCluster, tmp_path: Path
+    postgres: PostgresCluster, tmp_path: Path
 ) -> None:
     # A database as the first PostgreSQL store left it: schema 1 (streams only), one stream.
-    url = _database_for(cluster, tmp_path)
+    url = _database_for(postgres, tmp_path)
     admin = await asyncpg.connect(url)
     try:
         await admin.execute(postgresql._CREATE_VERSION_TABLE)
@@ -222,8 +211,8 @@ async def test_a_version_1_database_is_migrated_to_the_last_and_keeps_its_stream
             await admin.execute(statement)
         await admin.execute("INSERT INTO lva_schema (id, version) VALUES (1, 1)")
         marks = ", ".join(f"${n}" for n in range(1, 12))
-        version_1_insert = f"INSERT INTO streams ({postgresql._COLUMNS}) VALUES ({marks})"
-        await admin.execute(version_1_insert, *postgresql._row(record(1))[:11])
+        version_1_insert = f"INSERT INTO streams ({rows.COLUMNS}) VALUES ({marks})"
+        await admin.execute(version_1_insert, *rows.to_row(record(1)))
     finally:
         await admin.close()
     opened = PostgresStreamStore(url)

@@ -10,8 +10,8 @@ from lva_core.streams.state import Status
 REFERENCE = "rtsp://admin:hunter2@127.0.0.1:8554/cam?token=abc123"
 
 
-def test_every_quotation_of_the_reference_is_masked() -> None:
-    record = StreamRecord(
+def _camera(status: Status, error: str | None = None) -> StreamRecord:
+    return StreamRecord(
         stream_id="00000000-0000-4000-8000-000000000001",
         account_id="",
         name="cam",
@@ -19,9 +19,13 @@ def test_every_quotation_of_the_reference_is_masked() -> None:
         data=SourceData(REFERENCE, "stream"),
         analytics=[],
         autorestart=Autorestart(),
-        status=Status.RESTART,
-        error=f"timeout: no data for 5.0 s from {REFERENCE}",
+        status=status,
+        error=error,
     )
+
+
+def test_every_quotation_of_the_reference_is_masked() -> None:
+    record = _camera(Status.RESTART, f"timeout: no data for 5.0 s from {REFERENCE}")
     record.statistics.last_error = f"people_counter: the model failed on a frame of {REFERENCE}"
     stream = stream_to_proto(record)
     text = str(stream)
@@ -33,15 +37,5 @@ def test_every_quotation_of_the_reference_is_masked() -> None:
 
 
 def test_a_stream_without_errors_has_none() -> None:
-    record = StreamRecord(
-        stream_id="00000000-0000-4000-8000-000000000002",
-        account_id="",
-        name="cam",
-        description="",
-        data=SourceData(REFERENCE, "stream"),
-        analytics=[],
-        autorestart=Autorestart(),
-        status=Status.PENDING,
-    )
-    stream = stream_to_proto(record)
+    stream = stream_to_proto(_camera(Status.PENDING))
     assert not stream.HasField("error") and not stream.statistics.HasField("last_error")

@@ -24,7 +24,6 @@ as SQLite's.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -32,19 +31,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from lva.v1 import streams_pb2
 from lva_common.config import mask_url
-from lva_core.api.convert import (
-    autorestart_from_proto,
-    autorestart_to_proto,
-    source_data_from_proto,
-    source_data_to_proto,
-)
 from lva_core.runtime.background_loop import BackgroundLoop
 from lva_core.streams.record import StreamRecord
-from lva_core.streams.spec import AnalyticSpec
-from lva_core.streams.state import Status
 from lva_core.streams.store.base import StoreError
+from lva_core.streams.store.rows import COLUMNS, from_row, to_row
 
 log = logging.getLogger("lva_core.streams.store")
 
@@ -129,12 +120,8 @@ _CONNECTION_LOST = (
     OSError,
 )
 
-_COLUMNS = (
-    "stream_id, account_id, name, description, data, analytics, autorestart, status, error, "
-    "create_time, last_update_time"
-)
 _INSERT = (
-    f"INSERT INTO streams ({_COLUMNS}, analytic_names) "
+    f"INSERT INTO streams ({COLUMNS}, analytic_names) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
 # What the user asked for, from any core: a stream paused (or ended) has no owner any more, so
@@ -146,45 +133,6 @@ UPDATE streams SET status = $1, error = $2, last_update_time = $3,
 WHERE stream_id = $4
 """
 _UPDATE_STATUS = "UPDATE streams SET status = $1, error = $2, last_update_time = $3 WHERE stream_id = $4"
-
-
-def _row(record: StreamRecord) -> tuple[Any, ...]:
-    analytics = json.dumps([{"name": s.name, "parameters": s.parameters} for s in record.analytics])
-    return (
-        record.stream_id,
-        record.account_id,
-        record.name,
-        record.description,
-        source_data_to_proto(record.data).SerializeToString(),
-        analytics,
-        autorestart_to_proto(record.autorestart).SerializeToString(),
-        record.status.value,
-        record.error,
-        record.create_time,
-        record.last_update_time,
-        sorted({s.name for s in record.analytics}),
-    )
-
-
-def _record(row: asyncpg.Record) -> StreamRecord:
-    data = streams_pb2.StreamData()
-    data.ParseFromString(row["data"])
-    autorestart = streams_pb2.Autorestart()
-    autorestart.ParseFromString(row["autorestart"])
-    analytics = [AnalyticSpec(str(a["name"]), dict(a["parameters"])) for a in json.loads(row["analytics"])]
-    return StreamRecord(
-        stream_id=row["stream_id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        description=row["description"],
-        data=source_data_from_proto(data),
-        analytics=analytics,
-        autorestart=autorestart_from_proto(autorestart),
-        status=Status(row["status"]),
-        error=row["error"],
-        create_time=float(row["create_time"]),
-        last_update_time=float(row["last_update_time"]),
-    )
 
 
 class PostgresStreamStore:
@@ -344,13 +292,13 @@ class PostgresStreamStore:
         async def read() -> list[StreamRecord]:
             assert self._db is not None
             try:
-                rows = await self._db.fetch(f"SELECT {_COLUMNS} FROM streams ORDER BY position")
+                rows = await self._db.fetch(f"SELECT {COLUMNS} FROM streams ORDER BY position")
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 raise StoreError(self._explain(exc)) from None
             records = []
             for row in rows:
                 try:
-                    records.append(_record(row))
+                    records.append(from_row(row))
                 except Exception as exc:  # a damaged row must stop start-up, never vanish silently
                     raise StoreError(
                         f"the stream store {self._location} holds an unreadable stream "
@@ -372,7 +320,7 @@ class PostgresStreamStore:
 
     async def insert(self, record: StreamRecord) -> None:
         """Store a new stream; committed when this returns."""
-        await self._durable(_INSERT, _row(record))
+        await self._durable(_INSERT, (*to_row(record), sorted({s.name for s in record.analytics})))
 
     async def save_status(self, record: StreamRecord) -> None:
         """A status the user asked for (pause, resume); committed when this returns."""

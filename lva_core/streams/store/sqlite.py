@@ -20,7 +20,6 @@ both overwriting each other.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -29,17 +28,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lva.v1 import streams_pb2
-from lva_core.api.convert import (
-    autorestart_from_proto,
-    autorestart_to_proto,
-    source_data_from_proto,
-    source_data_to_proto,
-)
 from lva_core.streams.record import StreamRecord
-from lva_core.streams.spec import AnalyticSpec
-from lva_core.streams.state import Status
 from lva_core.streams.store.base import StoreError
+from lva_core.streams.store.rows import COLUMNS, from_row, to_row
 
 log = logging.getLogger("lva_core.streams.store")
 
@@ -66,49 +57,6 @@ CREATE TABLE streams (
 """
 # MIGRATIONS[n] turns a version-n file into version n + 1 (in one transaction with the version bump).
 MIGRATIONS: dict[int, list[str]] = {}
-
-_COLUMNS = (
-    "stream_id, account_id, name, description, data, analytics, autorestart, status, error, "
-    "create_time, last_update_time"
-)
-
-
-def _row(record: StreamRecord) -> tuple[Any, ...]:
-    analytics = json.dumps([{"name": s.name, "parameters": s.parameters} for s in record.analytics])
-    return (
-        record.stream_id,
-        record.account_id,
-        record.name,
-        record.description,
-        source_data_to_proto(record.data).SerializeToString(),
-        analytics,
-        autorestart_to_proto(record.autorestart).SerializeToString(),
-        record.status.value,
-        record.error,
-        record.create_time,
-        record.last_update_time,
-    )
-
-
-def _record(row: sqlite3.Row) -> StreamRecord:
-    data = streams_pb2.StreamData()
-    data.ParseFromString(row["data"])
-    autorestart = streams_pb2.Autorestart()
-    autorestart.ParseFromString(row["autorestart"])
-    analytics = [AnalyticSpec(str(a["name"]), dict(a["parameters"])) for a in json.loads(row["analytics"])]
-    return StreamRecord(
-        stream_id=row["stream_id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        description=row["description"],
-        data=source_data_from_proto(data),
-        analytics=analytics,
-        autorestart=autorestart_from_proto(autorestart),
-        status=Status(row["status"]),
-        error=row["error"],
-        create_time=float(row["create_time"]),
-        last_update_time=float(row["last_update_time"]),
-    )
 
 
 class SqliteStreamStore:
@@ -199,11 +147,11 @@ class SqliteStreamStore:
         """Every stored stream, in creation order. A row that cannot be read is a StoreError."""
 
         def read() -> list[StreamRecord]:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM streams ORDER BY rowid").fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM streams ORDER BY rowid").fetchall()
             records = []
             for row in rows:
                 try:
-                    records.append(_record(row))
+                    records.append(from_row(row))
                 except Exception as exc:  # a damaged row must stop start-up, never vanish silently
                     raise StoreError(
                         f"the stream store {self.path} holds an unreadable stream {row['stream_id']}: {exc}"
@@ -236,8 +184,8 @@ class SqliteStreamStore:
 
     async def insert(self, record: StreamRecord) -> None:
         """Store a new stream; committed to disk when this returns."""
-        marks = ", ".join("?" * len(_COLUMNS.split(",")))
-        await self._durable(f"INSERT INTO streams ({_COLUMNS}) VALUES ({marks})", _row(record))
+        marks = ", ".join("?" * len(COLUMNS.split(",")))
+        await self._durable(f"INSERT INTO streams ({COLUMNS}) VALUES ({marks})", to_row(record))
 
     async def save_status(self, record: StreamRecord) -> None:
         """A status the user asked for (pause, resume); committed to disk when this returns."""
