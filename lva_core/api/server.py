@@ -33,7 +33,7 @@ from lva_core.api.servicers.streams import StreamsServicer
 from lva_core.events.bus import EventBus
 from lva_core.fleet.directory import AgentDirectory, LocalDirectory
 from lva_core.fleet.identity import agent_spec
-from lva_core.fleet.lease import LeaseTiming
+from lva_core.fleet.lease import FleetConfigError, lease_timing
 from lva_core.inference.service import Inference
 from lva_core.metrics.collectors import serve_metrics
 from lva_core.metrics.instruments import watch_event_loop
@@ -71,6 +71,8 @@ class CoreServer:
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
         self.health = health.aio.HealthServicer()
         self.port = 0
+        # Checked before any port is bound: timings that could not renew in time refuse to start.
+        self.lease_timing = lease_timing(config)
         self.directory: AgentDirectory = LocalDirectory(
             agent_spec(config, int(config["core"]["port"]), self.catalogue), self._stream_count
         )
@@ -134,12 +136,7 @@ class CoreServer:
         if not url.lower().startswith(POSTGRES_SCHEMES):
             self.directory = LocalDirectory(spec, self._stream_count)
             return
-        fleet = self.config.get("fleet") or {}
-        timing = LeaseTiming(
-            float(fleet.get("renew_interval", 2.0)),
-            float(fleet.get("lease_ttl", 12.0)),
-            float(fleet.get("fence_margin", 2.0)),
-        )
+        timing = self.lease_timing
         # Imported here: a single-node core never loads the database client.
         from lva_core.fleet.postgres_agents import PostgresAgents
 
@@ -190,7 +187,7 @@ async def serve(config: dict[str, Any]) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     try:
         server = CoreServer(config)
-    except StoreError as exc:
+    except (StoreError, FleetConfigError) as exc:
         # Running on without the store would lose every stream at the next restart: refuse.
         log.error("%s", exc)
         raise SystemExit(1) from None

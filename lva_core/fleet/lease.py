@@ -10,7 +10,13 @@ stopped reading it. Clock rates, not clock values, are all the two must agree on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+
+class FleetConfigError(ValueError):
+    """``fleet.*`` settings the agent cannot work with; the core refuses to start."""
 
 
 @dataclass(frozen=True)
@@ -21,12 +27,27 @@ class LeaseTiming:
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.ttl - self.margin:
-            raise ValueError(
+            raise FleetConfigError(
                 f"fleet: renew_interval ({self.renew_interval}) must be above 0 and below "
                 f"lease_ttl - fence_margin ({self.ttl} - {self.margin})"
             )
         if self.margin < 0:
-            raise ValueError(f"fleet: fence_margin must not be negative, not {self.margin}")
+            raise FleetConfigError(f"fleet: fence_margin must not be negative, not {self.margin}")
+
+
+def lease_timing(config: Mapping[str, Any]) -> LeaseTiming:
+    """``fleet.renew_interval``, ``lease_ttl`` and ``fence_margin``, checked."""
+    fleet = config.get("fleet") or {}
+    try:
+        values = [float(fleet.get(key, default)) for key, default in _TIMING_KEYS]
+    except (TypeError, ValueError):
+        raise FleetConfigError(
+            "fleet: renew_interval, lease_ttl and fence_margin must be numbers of seconds"
+        ) from None
+    return LeaseTiming(*values)
+
+
+_TIMING_KEYS = (("renew_interval", 2.0), ("lease_ttl", 12.0), ("fence_margin", 2.0))
 
 
 class Lease:

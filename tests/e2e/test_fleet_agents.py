@@ -231,3 +231,18 @@ async def test_get_agents_on_a_single_core_lists_itself(
         [agent] = (await resp.json())["agents"]
     assert agent["status"] == "alive" and agent["incarnation"] == 0
     assert agent["agent_id"].endswith(f":{core.port}") and agent["endpoint"] == core.address
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("LVA_FLEET__LEASE_TTL", "1", "renew_interval (2.0) must be above 0 and below"),
+        ("LVA_FLEET__FENCE_MARGIN", "soon", "must be numbers of seconds"),
+    ],
+)
+def test_a_core_with_unworkable_lease_timings_refuses_to_start(
+    triton: Service, log_dir: Path, setting: str, value: str, says: str
+) -> None:
+    with pytest.raises(RuntimeError, match="exited with 1") as caught:
+        start_core(log_dir, triton.address, {setting: value}, timeout=20)
+    assert says in str(caught.value) and "Traceback" not in str(caught.value)
