@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
+.PHONY: run fleet test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -87,6 +87,11 @@ test-unit: $(VENV)/.installed lva/__init__.py
 
 run: $(VENV)/.installed triton-env lva/__init__.py docs models var/sample.mp4
 	$(PY) -m lva_core.runtime.stack
+
+# Several agents on one machine (AGENTS=3): a local PostgreSQL (data in var/postgres), one Triton,
+# the cores on ports 5241, 5341, ... and one facade over them (lva_core/runtime/fleet_stack.py).
+fleet: $(VENV)/.installed triton-env lva/__init__.py docs models var/sample.mp4
+	$(PY) -m lva_core.runtime.fleet_stack --agents $(or $(AGENTS),3)
 
 clean:
 	rm -rf docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -8,39 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-import time
 
 from lva_common.config import load_config
 from lva_common.signals import stop_event
-
-STOP_TIMEOUT = 15.0
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
-async def _wait_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.2)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return True
-    return False
+from lva_core.runtime.processes import stop_process, wait_port
 
 
 async def run_stack(config_path: str | None) -> int:
@@ -49,13 +21,13 @@ async def run_stack(config_path: str | None) -> int:
     stop = stop_event()
 
     core = await asyncio.create_subprocess_exec(sys.executable, "-m", "lva_core", *extra)
-    if not await _wait_port(config["core"]["host"], int(config["core"]["port"]), 30):
-        await _stop(core)
+    if not await wait_port(config["core"]["host"], int(config["core"]["port"]), 30):
+        await stop_process(core)
         print("the core did not start; see its log above", file=sys.stderr)
         return 1
     facade = await asyncio.create_subprocess_exec(sys.executable, "-m", "lva_facade", *extra)
     facade_cfg = config["facade"]
-    if await _wait_port(facade_cfg["host"], int(facade_cfg["port"]), 30):
+    if await wait_port(facade_cfg["host"], int(facade_cfg["port"]), 30):
         print(
             f"\nLuna Video Agent is up: REST http://{facade_cfg['host']}:{facade_cfg['port']}  "
             f"gRPC {config['core']['host']}:{config['core']['port']}  (Ctrl-C stops everything)\n",
@@ -65,8 +37,8 @@ async def run_stack(config_path: str | None) -> int:
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
     crashed = not stop.is_set()
-    await _stop(facade)
-    await _stop(core)
+    await stop_process(facade)
+    await stop_process(core)
     stopper.cancel()
     if crashed:
         print(
