@@ -37,6 +37,8 @@ class _AgentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentStat
     """Its lease ran out without a clean stop (killed, frozen, cut off)."""
     AGENT_STATUS_STOPPED: _AgentStatus.ValueType  # 4
     """Stopped cleanly."""
+    AGENT_STATUS_STARTING: _AgentStatus.ValueType  # 5
+    """Registered, renewing its lease, not running streams yet (its Triton is starting)."""
 
 class AgentStatus(_AgentStatus, metaclass=_AgentStatusEnumTypeWrapper):
     """AgentStatus is where an agent stands in the fleet."""
@@ -51,6 +53,8 @@ AGENT_STATUS_LOST: AgentStatus.ValueType  # 3
 """Its lease ran out without a clean stop (killed, frozen, cut off)."""
 AGENT_STATUS_STOPPED: AgentStatus.ValueType  # 4
 """Stopped cleanly."""
+AGENT_STATUS_STARTING: AgentStatus.ValueType  # 5
+"""Registered, renewing its lease, not running streams yet (its Triton is starting)."""
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
 @_typing.final

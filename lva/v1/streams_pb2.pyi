@@ -391,6 +391,7 @@ class Stream(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     STATISTICS_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """Identifier (UUID)."""
     account_id: _builtins.str
@@ -403,6 +404,10 @@ class Stream(_message.Message):
     """Lifecycle state."""
     error: _builtins.str
     """Why the stream failed, if it did."""
+    agent_id: _builtins.str
+    """The agent running the stream (GET /1/agents), or that ran it to its end; empty while no
+    live agent holds it (waiting to be claimed, or its agent is gone).
+    """
     @_builtins.property
     def data(self) -> Global___StreamData:
         """Source."""
@@ -442,10 +447,11 @@ class Stream(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         last_update_time: _timestamp_pb2.Timestamp | None = ...,
         statistics: Global___StreamStatistics | None = ...,
+        agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "autorestart", b"autorestart", "create_time", b"create_time", "data", b"data", "error", b"error", "last_update_time", b"last_update_time", "statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "account_id", b"account_id", "analytics", b"analytics", "autorestart", b"autorestart", "create_time", b"create_time", "data", b"data", "description", b"description", "error", b"error", "last_update_time", b"last_update_time", "name", b"name", "statistics", b"statistics", "status", b"status", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "account_id", b"account_id", "agent_id", b"agent_id", "analytics", b"analytics", "autorestart", b"autorestart", "create_time", b"create_time", "data", b"data", "description", b"description", "error", b"error", "last_update_time", b"last_update_time", "name", b"name", "statistics", b"statistics", "status", b"status", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015

@@ -16,9 +16,12 @@ loop until the statement returns nothing; in turn the agents fill up evenly.
 incarnation, and changes no row once the stream was taken by another agent, paused, or deleted.
 No row changed means the stream was lost: its worker stops at once.
 
-The user's own writes (pause, resume, delete) come from any core and need no owner: pausing
-clears the owner (the owner's next fenced write fails), resuming leaves the stream unowned and
-so claimable. A drained agent releases its streams (``RELEASE``) for others to claim at once.
+The user's own writes (pause, resume, retry, delete) come from any core and need no owner: each
+raises the stream's ``generation`` and keeps the owner, whose next fenced write fails and whose
+next round stops the worker, or starts it again for a resume. While the owner lives nobody else
+may claim the stream, so a camera never has two readers; a stream paused or resumed while its
+owner is dead is claimable by any agent. An agent's load counts the streams it owns that want to
+run. A drained agent releases its streams (``RELEASE``) for others to claim at once.
 
 These are the statements only; who runs them, when and on which connection is the agent's
 business. They are written against the schema of streams/store/postgresql.py (version 3).
@@ -47,7 +50,7 @@ placers AS (
     FROM agents a WHERE a.status = 'alive' AND a.lease_expires > now()
 ),
 pick AS (
-    SELECT s.stream_id FROM streams s, me, placers mine
+    SELECT s.stream_id, s.owner_id AS previous_owner FROM streams s, me, placers mine
     WHERE mine.agent_id = me.agent_id
       AND mine.load < me.capacity
       AND s.status IN ('pending', 'in_progress', 'restart')
@@ -70,18 +73,31 @@ pick AS (
 UPDATE streams s
 SET owner_id = $1, owner_incarnation = $2, status = 'pending', last_update_time = $3
 FROM pick WHERE s.stream_id = pick.stream_id
-RETURNING s.stream_id
+RETURNING s.stream_id, pick.previous_owner
 """
 
-# $1 status, $2 error, $3 last_update_time, $4 stream_id, $5 agent_id, $6 incarnation.
+# $1 status, $2 error, $3 last_update_time, $4 stream_id, $5 agent_id, $6 incarnation,
+# $7 the generation the worker runs.
 WRITE_STATUS = """
 UPDATE streams SET status = $1, error = $2, last_update_time = $3
-WHERE stream_id = $4 AND owner_id = $5 AND owner_incarnation = $6
+WHERE stream_id = $4 AND owner_id = $5 AND owner_incarnation = $6 AND generation = $7
 """
 
 # $1 agent_id, $2 incarnation: the streams this incarnation owns.
 OWNED = """
 SELECT stream_id FROM streams WHERE owner_id = $1 AND owner_incarnation = $2 ORDER BY position
+"""
+
+# $1 agent_id, $2 incarnation: what the agent's rounds compare with the workers they run.
+OWNED_STATE = """
+SELECT stream_id, status, generation FROM streams
+WHERE owner_id = $1 AND owner_incarnation = $2 ORDER BY position
+"""
+
+# $1 agent_id, $2 incarnation, $3 stream ids: give these back (over capacity, without a worker).
+RELEASE_SOME = """
+UPDATE streams SET owner_id = NULL, owner_incarnation = NULL
+WHERE owner_id = $1 AND owner_incarnation = $2 AND stream_id = ANY($3)
 """
 
 # $1 agent_id, $2 incarnation: give every stream back (SIGTERM); their status stays what it was.
@@ -93,8 +109,22 @@ WHERE owner_id = $1 AND owner_incarnation = $2
 
 async def claim_one(db: asyncpg.Connection, agent_id: str, incarnation: int, now: float) -> str | None:
     """Claim the next stream for this agent, or None when there is none it should take."""
-    value = await db.fetchval(CLAIM, agent_id, incarnation, now)
-    return None if value is None else str(value)
+    row = await db.fetchrow(CLAIM, agent_id, incarnation, now)
+    return None if row is None else str(row["stream_id"])
+
+
+async def claim_taking_over(
+    db: asyncpg.Connection, agent_id: str, incarnation: int, now: float, limit: int
+) -> list[tuple[str, str | None]]:
+    """Like claim_all; each stream with the agent that owned it before (None: a new stream, or
+    one paused or released), so that takeovers from dead agents can be counted."""
+    claimed: list[tuple[str, str | None]] = []
+    while len(claimed) < limit:
+        row = await db.fetchrow(CLAIM, agent_id, incarnation, now)
+        if row is None:
+            break
+        claimed.append((str(row["stream_id"]), row["previous_owner"]))
+    return claimed
 
 
 async def claim_all(
@@ -118,9 +148,11 @@ async def write_status(
     status: str,
     error: str | None,
     now: float,
+    generation: int = 0,
 ) -> bool:
-    """A worker's status, written only while this incarnation owns the stream; False: lost."""
-    result = await db.execute(WRITE_STATUS, status, error, now, stream_id, agent_id, incarnation)
+    """A worker's status, written only while this incarnation owns the stream at the generation
+    it runs; False: lost (taken over, or changed by the user)."""
+    result = await db.execute(WRITE_STATUS, status, error, now, stream_id, agent_id, incarnation, generation)
     return not result.endswith(" 0")
 
 

@@ -16,6 +16,8 @@ from lva_core.fleet.identity import AgentSpec
 
 
 class AgentStatus(enum.Enum):
+    # Registered, not claiming yet: its Triton is starting (no claim waits for it meanwhile).
+    STARTING = "starting"
     ALIVE = "alive"
     DRAINING = "draining"
     LOST = "lost"
@@ -34,6 +36,10 @@ class AgentView:
 
 class AgentDirectory(Protocol):
     async def list(self) -> list[AgentView]: ...
+
+    async def set_alive(self) -> None:
+        """Ready to run streams (its Triton is up): from now on it claims."""
+        ...
 
     async def set_draining(self) -> None:
         """Shown as draining while the core stops its workers (SIGTERM)."""
@@ -55,6 +61,9 @@ class LocalDirectory:
     async def list(self) -> list[AgentView]:
         now = time.time()
         return [AgentView(self.spec, 0, AgentStatus.ALIVE, self._stream_count(), now, self._started)]
+
+    async def set_alive(self) -> None:
+        return None
 
     async def set_draining(self) -> None:
         return None

@@ -72,6 +72,11 @@ class Lease:
         assert self.sent_at is not None
         return self.sent_at + self.timing.ttl - self.timing.margin
 
+    def valid(self, now: float) -> bool:
+        """Whether the agent may still run its streams (any thread: one read of one attribute)."""
+        sent = self.sent_at
+        return sent is not None and now < sent + self.timing.ttl - self.timing.margin
+
     def must_fence(self, now: float) -> bool:
         return self.sent_at is not None and now >= self.fence_at()
 

@@ -44,19 +44,20 @@ log = logging.getLogger("lva_core.fleet")
 _REGISTER = """
 INSERT INTO agents (agent_id, incarnation, endpoint, capacity, analytics, labels, status,
                     stream_count, started_at, renewed_at, lease_expires)
-VALUES ($1, nextval('agent_incarnations'), $2, $3, $4, $5, 'alive', $6, now(), now(),
+VALUES ($1, nextval('agent_incarnations'), $2, $3, $4, $5, $8, $6, now(), now(),
         now() + make_interval(secs => $7))
 ON CONFLICT (agent_id) DO UPDATE SET
     incarnation = EXCLUDED.incarnation, endpoint = EXCLUDED.endpoint,
     capacity = EXCLUDED.capacity, analytics = EXCLUDED.analytics, labels = EXCLUDED.labels,
-    status = 'alive', stream_count = EXCLUDED.stream_count, started_at = now(),
+    status = EXCLUDED.status, stream_count = EXCLUDED.stream_count, started_at = now(),
     renewed_at = now(), lease_expires = EXCLUDED.lease_expires
 RETURNING incarnation
 """
 _RENEW = """
 UPDATE agents SET renewed_at = now(), lease_expires = now() + make_interval(secs => $3),
                   stream_count = $4
-WHERE agent_id = $1 AND incarnation = $2 AND status IN ('alive', 'draining')
+WHERE agent_id = $1 AND incarnation = $2 AND status IN ('starting', 'alive', 'draining')
+  AND lease_expires > now()
 """
 _SET_STATUS = "UPDATE agents SET status = $3 WHERE agent_id = $1 AND incarnation = $2"
 _LEAVE = """
@@ -65,7 +66,7 @@ WHERE agent_id = $1 AND incarnation = $2
 """
 _LIST = """
 SELECT agent_id, incarnation, endpoint, capacity, analytics, labels, stream_count,
-       CASE WHEN status IN ('alive', 'draining') AND lease_expires < now() THEN 'lost'
+       CASE WHEN status IN ('starting', 'alive', 'draining') AND lease_expires < now() THEN 'lost'
             ELSE status END AS status,
        extract(epoch FROM renewed_at) AS renewed, extract(epoch FROM started_at) AS started
 FROM agents ORDER BY agent_id
@@ -89,7 +90,9 @@ class PostgresAgents:
         stream_count: Callable[[], int],
         on_fenced: Callable[[], object] = lambda: None,
         on_registered: Callable[[int], object] = lambda incarnation: None,
+        on_renewed: Callable[[], object] = lambda: None,
         connect_timeout: float = 5.0,
+        registered_as: AgentStatus = AgentStatus.STARTING,
     ) -> None:
         self.url = url
         self.spec = spec
@@ -98,8 +101,11 @@ class PostgresAgents:
         self._stream_count = stream_count
         self._on_fenced = on_fenced
         self._on_registered = on_registered
+        self._on_renewed = on_renewed
         self._connect_timeout = connect_timeout
         self.lease = Lease(timing)
+        # starting until set_alive(): a re-registration after a fence comes back as it was.
+        self._status_at_registration = registered_as
         self.incarnation = 0
         self.fenced = False
         self._db: asyncpg.Connection | None = None
@@ -118,6 +124,12 @@ class PostgresAgents:
             self._background.stop()
             raise
 
+    def may_run(self) -> bool:
+        """Whether this agent's lease still lets it read its streams, by its own clock: the
+        workers' per-frame gate (any thread), so that a process woken after its TTL reads no
+        further frame before its fence is noticed."""
+        return not self.fenced and self.lease.valid(time.monotonic())
+
     async def list(self) -> list[AgentView]:
         return await self._background.run(self._list())
 
@@ -132,8 +144,14 @@ class PostgresAgents:
             log.warning("agent %s: could not leave the fleet cleanly: %s", self.spec.agent_id, exc)
         await asyncio.get_running_loop().run_in_executor(None, self._background.stop)
 
+    async def set_alive(self) -> None:
+        """Ready to run streams: other agents' claims count it from now on, and it claims."""
+        self._status_at_registration = AgentStatus.ALIVE
+        await self._background.run(self._status(AgentStatus.ALIVE))
+
     async def set_draining(self) -> None:
         """SIGTERM: shown as draining while the workers stop."""
+        self._status_at_registration = AgentStatus.DRAINING
         await self._background.run(self._status(AgentStatus.DRAINING))
 
     # ------------------------------------------------------------------ on the lease loop
@@ -177,6 +195,7 @@ class PostgresAgents:
                 json.dumps(dict(self.spec.labels), sort_keys=True),
                 self._stream_count(),
                 self.timing.ttl,
+                self._status_at_registration.value,
                 timeout=self.timing.renew_interval,
             )
         self.incarnation = int(incarnation)
@@ -186,7 +205,9 @@ class PostgresAgents:
         log.info("agent %s registered, incarnation %d", self.spec.agent_id, self.incarnation)
 
     async def _renew(self) -> bool:
-        """One renewal; False when this incarnation was taken over. Raises on a lost connection."""
+        """One renewal; False when this incarnation was taken over or its lease ran out (a frozen
+        process, woken after its TTL: others may hold its streams by now). Raises on a lost
+        connection."""
         assert self._lock is not None
         sent = time.monotonic()
         async with self._lock:
@@ -198,6 +219,7 @@ class PostgresAgents:
         if result.endswith(" 0"):
             return False
         self.lease.renewed(sent)
+        self._on_renewed()
         return True
 
     def _fence(self, why: str) -> None:
@@ -230,7 +252,7 @@ class PostgresAgents:
                         await self._register()
                         self._on_registered(self.incarnation)
                     elif not await self._renew():
-                        self._fence(f"incarnation {self.incarnation} was taken over")
+                        self._fence(f"incarnation {self.incarnation} was taken over or its lease ran out")
             except (*_LOST_CONNECTION, asyncpg.PostgresError) as exc:
                 self._drop_connection()
                 why = str(exc) or type(exc).__name__

@@ -27,6 +27,20 @@ class Statistics:
         return self.decode_rate.rate(time.monotonic())
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """Who runs a stream in a fleet, and the user's generation of it, as the shared store holds them.
+
+    A worker's status write names all three (fleet/claims.py): it changes nothing once another
+    agent took the stream (``agent_id``, ``incarnation``) or the user changed it from any core
+    (``generation``, raised by every pause, resume and retry).
+    """
+
+    agent_id: str
+    incarnation: int
+    generation: int
+
+
 @dataclass
 class StreamRecord:
     stream_id: str
@@ -41,6 +55,8 @@ class StreamRecord:
     create_time: float = field(default_factory=time.time)
     last_update_time: float = field(default_factory=time.time)
     statistics: Statistics = field(default_factory=Statistics)
+    # In a fleet, the agent that runs it (None: no agent, or a single core on its own store).
+    owner: Ownership | None = None
 
     def transition(self, target: Status, error: str | None = None) -> None:
         check_transition(self.status, target)

@@ -62,7 +62,15 @@ class Events:
 
 
 def _agents(url: str, spec: AgentSpec, events: Events, count: int = 0) -> PostgresAgents:
-    return PostgresAgents(url, spec, TIMING, lambda: count, events.on_fenced, events.on_registered)
+    return PostgresAgents(
+        url,
+        spec,
+        TIMING,
+        lambda: count,
+        events.on_fenced,
+        events.on_registered,
+        registered_as=AgentStatus.ALIVE,
+    )
 
 
 async def _row(url: str, agent_id: str) -> asyncpg.Record:

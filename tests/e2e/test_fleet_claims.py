@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from lva_core.fleet import claims
+from lva_core.fleet.directory import AgentStatus
 from lva_core.fleet.identity import AgentSpec
 from lva_core.fleet.lease import LeaseTiming
 from lva_core.fleet.postgres_agents import PostgresAgents
@@ -47,7 +48,7 @@ class Agent:
 
     def __init__(self, url: str, agent_id: str, capacity: int, analytics: tuple[str, ...] = ALL) -> None:
         spec = AgentSpec(agent_id, f"{agent_id}:5241", capacity, analytics)
-        self.lease = PostgresAgents(url, spec, TIMING, lambda: 0)
+        self.lease = PostgresAgents(url, spec, TIMING, lambda: 0, registered_as=AgentStatus.ALIVE)
         self.agent_id = agent_id
         self.url = url
         self.incarnation = 0
@@ -66,10 +67,10 @@ class Agent:
         assert self.db is not None
         return await claims.owned(self.db, self.agent_id, self.incarnation)
 
-    async def write(self, stream_id: str, status: Status = Status.IN_PROGRESS) -> bool:
+    async def write(self, stream_id: str, status: Status = Status.IN_PROGRESS, generation: int = 0) -> bool:
         assert self.db is not None
         return await claims.write_status(
-            self.db, self.agent_id, self.incarnation, stream_id, status.value, None, time.time()
+            self.db, self.agent_id, self.incarnation, stream_id, status.value, None, time.time(), generation
         )
 
     async def die(self) -> None:
@@ -213,18 +214,27 @@ async def test_a_lost_stream_fences_its_old_owners_writes(store: PostgresStreamS
         assert loaded.status is Status.IN_PROGRESS
 
 
-async def test_pause_from_anywhere_takes_the_stream_away_and_resume_makes_it_claimable(
+async def test_pause_and_resume_from_anywhere_fence_the_owners_writes_and_keep_its_claim(
     store: PostgresStreamStore,
 ) -> None:
     [stream_id] = await _insert(store, 1)
-    async with agents(store, ("owner", 4)) as (owner,):
+    # "a-owner" sorts first: of two idle agents it is the one that claims.
+    async with agents(store, ("a-owner", 4), ("b-other", 4)) as (owner, other):
         assert await owner.claim_all() == [stream_id]
+        assert await owner.write(stream_id, generation=0)
         [stream] = store.load()
         await store.save_status(replace(stream, status=Status.PAUSE))  # any core, no owner needed
-        assert not await owner.write(stream_id)  # the owner learns it lost the stream
-        assert await owner.claim_all() == []  # paused: nobody runs it
+        assert not await owner.write(stream_id, generation=0)  # the owner learns it changed
+        assert await other.claim_all() == []  # paused: nobody runs it
         await store.save_status(replace(stream, status=Status.PENDING))
-        assert await owner.claim_all() == [stream_id]
+        # Resumed while its owner lives: still the owner's (it restarts the worker at the new
+        # generation), never another agent's, so the camera never has two readers.
+        assert await other.claim_all() == []
+        assert await owner.owned() == [stream_id]
+        assert await owner.write(stream_id, generation=2)
+        await owner.die()
+        await asyncio.sleep(TIMING.ttl + 0.5)
+        assert await other.claim_all() == [stream_id]  # its owner dead: anyone may take it
 
 
 async def test_a_deleted_stream_is_never_revived(store: PostgresStreamStore) -> None:
