@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +24,7 @@ from lva.v1 import (
 from lva_common.signals import stop_event
 from lva_common.tls import server_credentials
 from lva_core.analytics.registry import discover_analytics
+from lva_core.api.follow import Peers
 from lva_core.api.interceptor import LunaErrorInterceptor
 from lva_core.api.ratelimit import RateLimiter
 from lva_core.api.servicers.agent import AgentServicer
@@ -42,6 +43,9 @@ from lva_core.pipeline.settings import StreamSettings
 from lva_core.runtime.triton import TritonRuntime
 from lva_core.streams.manager import StreamManager
 from lva_core.streams.store.base import StoreError
+
+if TYPE_CHECKING:
+    from lva_core.fleet.fleet_streams import FleetStreamManager
 from lva_core.streams.store.factory import POSTGRES_SCHEMES, open_store, store_url
 
 log = logging.getLogger("lva_core")
@@ -51,6 +55,15 @@ SERVICE_NAMES = [
     streams_pb2.DESCRIPTOR.services_by_name["StreamsService"].full_name,
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+]
+
+
+# Facades and other agents ping every 5 s to find a core that hangs (lva_facade/transcoder.py);
+# gRPC's default would answer pings that frequent with GOAWAY (too_many_pings).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 
@@ -66,9 +79,19 @@ class CoreServer:
         # An unusable store stops start-up here, before any port is bound (serve() exits with 1).
         store = open_store(config)
         router = ModelRouter(config["triton"].get("models") or {}, self.inference)
-        self.streams = StreamManager(config, router, self.bus, self.catalogue, store)
+        self.streams: StreamManager
+        self.fleet: FleetStreamManager | None = None
+        if store_url(config).lower().startswith(POSTGRES_SCHEMES):
+            # A fleet's agent: the store is shared, this core runs the streams it claims.
+            from lva_core.fleet.fleet_streams import FleetStreamManager
+
+            capacity = int((config.get("fleet") or {}).get("capacity", 32))
+            self.fleet = FleetStreamManager(config, router, self.bus, self.catalogue, store, "", capacity)  # type: ignore[arg-type]
+            self.streams = self.fleet
+        else:
+            self.streams = StreamManager(config, router, self.bus, self.catalogue, store)
         self.streams.load()
-        self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()])
+        self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.port = 0
         # Checked before any port is bound: timings that could not renew in time refuse to start.
@@ -83,7 +106,9 @@ class CoreServer:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.config, self.triton, self.catalogue, lambda: self.directory), self.server
         )
-        streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config))
+        self.peers = Peers() if self.fleet is not None else None
+        streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config), self.peers)
+        self.streams_servicer = streams
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
         analytics = AnalyticsServicer(self.catalogue, self.config["triton"].get("models") or {})
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
@@ -130,45 +155,53 @@ class CoreServer:
         return len(self.streams.workers)
 
     async def _join_fleet(self) -> None:
-        """Register as an agent of the fleet when the store is shared (PostgreSQL)."""
+        """Register as an agent of the fleet when the store is shared (PostgreSQL): ``starting``
+        until its Triton is up (_start_triton), then ``alive``, claiming streams."""
         spec = agent_spec(self.config, self.port, self.catalogue)
-        url = store_url(self.config)
-        if not url.lower().startswith(POSTGRES_SCHEMES):
+        fleet = self.fleet
+        self.streams.agent_id = spec.agent_id
+        if fleet is None:
             self.directory = LocalDirectory(spec, self._stream_count)
             return
-        timing = self.lease_timing
         # Imported here: a single-node core never loads the database client.
         from lva_core.fleet.postgres_agents import PostgresAgents
 
         loop = asyncio.get_running_loop()
         agents = PostgresAgents(
-            url,
+            store_url(self.config),
             spec,
-            timing,
+            self.lease_timing,
             self._stream_count,
-            on_fenced=lambda: loop.call_soon_threadsafe(self._fenced),
+            on_fenced=lambda: loop.call_soon_threadsafe(fleet.fenced),
             on_registered=lambda n: loop.call_soon_threadsafe(self._registered, n),
+            on_renewed=lambda: loop.call_soon_threadsafe(fleet.wake),
         )
-        await loop.run_in_executor(None, agents.start)
+        incarnation = await loop.run_in_executor(None, agents.start)
         self.directory = agents
-
-    def _fenced(self) -> None:
-        # One core per database until streams are claimed (streams/store/postgresql.py): no other
-        # agent can take these streams over, so stopping them would only stop the cameras.
-        log.warning("lease lost: this core's streams keep running (it is the only core on its store)")
+        self.streams_servicer.own_endpoint = spec.endpoint
+        fleet.agent_id = spec.agent_id
+        fleet.gate = agents.may_run
+        fleet.start(incarnation)
 
     def _registered(self, incarnation: int) -> None:
         log.info("registered again as incarnation %d", incarnation)
+        if self.fleet is not None:
+            self.fleet.registered(incarnation)
 
     async def _start_triton(self) -> None:
         await self.triton.start()
         # The streams of the last run resume once Triton is up, so that their first frames are
-        # analysed rather than failed; they show pending until then.
+        # analysed rather than failed; they show pending until then. A fleet's agent starts
+        # claiming now (until then others claim without waiting for it).
+        await self.directory.set_alive()
         self.streams.resume()
 
     async def stop(self, grace: float = 5.0) -> None:
         with contextlib.suppress(Exception):  # shown while the workers stop; best effort
             await self.directory.set_draining()
+        # A fleet's agent hands its streams over first: the others claim them at once, while
+        # this core still answers the calls in flight for the grace below.
+        await self.streams.drain()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for task in (self._triton_start, self._loop_watch):
@@ -177,6 +210,8 @@ class CoreServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.streams.close()
+        if self.peers is not None:
+            await self.peers.close()
         await self.directory.close()
         await self.inference.close()
         await self.triton.stop()

@@ -85,3 +85,14 @@ LEASE_LOST = Counter(
 REGISTRATIONS = Counter(
     "lva_fleet_registrations_total", "Registrations of this agent (each one a new incarnation)."
 )
+FLEET_CLAIMS = Counter("lva_fleet_claims_total", "Streams this agent claimed from the shared store.")
+FLEET_FAILOVERS = Counter(
+    "lva_fleet_takeovers_total",
+    "Streams this agent claimed from another agent: one whose lease had run out (a failover), or "
+    "that drained and gave them back.",
+)
+FLEET_LOSSES = Counter(
+    "lva_fleet_streams_lost_total",
+    "Status writes of this agent's workers that changed nothing: the stream was taken over, "
+    "changed by the user or deleted from another core; the worker stops.",
+)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,8 +83,13 @@ class StreamWorker:
         analytics: list[BoundAnalytic],
         reporter: StreamReporter,
         settings: StreamSettings,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.record = record
+        # In a fleet: whether the agent's lease still lets it read (checked per frame, in the
+        # decoding thread). A process frozen past its lease reads no frame once it wakes, even
+        # before its loop has noticed the fence and stopped this worker.
+        self.gate = gate
         self.analytics = analytics
         self.reporter = reporter
         self.settings = settings
@@ -234,6 +239,13 @@ class StreamWorker:
                     break
                 FRAME_DECODE.observe(clock() - started)  # the generator's work only, not waits on the buffer
                 sync()
+                if self.gate is not None and not self.gate():
+                    log.warning("lease lost: closing the source before its next frame")
+                    self._stop.set()
+                    with contextlib.suppress(Exception):
+                        frames.close()  # the generator closes its container: the camera's session
+                        source.close()  # ends now, not when the loop gets here
+                    return
                 if self._stop.is_set() or not buffer.put(frame):
                     return
             sync()

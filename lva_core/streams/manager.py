@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
@@ -16,7 +17,7 @@ from lva_core.events.messages import StreamEvent
 from lva_core.pipeline.routing import ModelRouter
 from lva_core.pipeline.settings import StreamSettings
 from lva_core.pipeline.worker import BoundAnalytic, StreamWorker
-from lva_core.streams.record import StreamRecord
+from lva_core.streams.record import Ownership, StreamRecord
 from lva_core.streams.spec import StreamSpec
 from lva_core.streams.state import USER_TARGETS, Status
 from lva_core.streams.store.base import StoreError, StreamStore
@@ -37,6 +38,16 @@ log = logging.getLogger("lva_core.streams")
 RUNNING = frozenset({Status.PENDING, Status.IN_PROGRESS})
 
 
+@dataclass(frozen=True)
+class Located:
+    """A stream and where it runs: here (``local``: live statistics, the local event bus), or at
+    the agent ``endpoint`` of a fleet, or nowhere (``endpoint`` empty)."""
+
+    record: StreamRecord
+    local: bool
+    endpoint: str = ""
+
+
 class StreamManager:
     def __init__(
         self,
@@ -54,6 +65,10 @@ class StreamManager:
         self.workers: dict[str, StreamWorker] = {}
         # Without a store of its own (unit tests) nothing outlives the process.
         self.store: StreamStore = store if store is not None else SqliteStreamStore()
+        # This core's agent id (fleet/identity.py), known once its port is bound.
+        self.agent_id = ""
+        # The workers' per-frame check (a fleet's lease); None: a single core always may read.
+        self.gate: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ the workers' reporter
 
@@ -71,13 +86,17 @@ class StreamManager:
     # ------------------------------------------------------------------ lifecycle
 
     def _start_worker(self, record: StreamRecord) -> None:
+        if record.owner is None and self.agent_id:
+            # A single core is the one agent that runs its streams (a fleet's records come
+            # with their owner from the store).
+            record.owner = Ownership(self.agent_id, 0, 0)
         analytics = []
         for spec in record.analytics:
             analytic = self.catalogue[spec.name]
             analytics.append(
                 BoundAnalytic(spec.name, analytic, spec.parameters, self.router.infer_for(analytic))
             )
-        worker = StreamWorker(record, analytics, self, self.settings)
+        worker = StreamWorker(record, analytics, self, self.settings, self.gate)
         self.workers[record.stream_id] = worker
         worker.start()
 
@@ -87,6 +106,20 @@ class StreamManager:
             await worker.stop()
 
     async def create(self, spec: StreamSpec) -> StreamRecord:
+        record = self._new_record(spec)
+        # Committed before the API answers: a stream the user was told exists survives a crash.
+        await self._persist(self.store.insert(record))
+        self._created(record)
+        log.info("stream %s created (%s)", record.stream_id, record.status.value)
+        return record
+
+    def _created(self, record: StreamRecord) -> None:
+        self.records[record.stream_id] = record
+        if record.status is Status.PENDING:
+            self._start_worker(record)
+
+    def _new_record(self, spec: StreamSpec) -> StreamRecord:
+        """A validated new stream (LunaError otherwise); not stored yet."""
         account_id = body_uuid(spec.account_id, "account_id") if spec.account_id else ""
         check_text(spec.name, "name", MAX_NAME)
         check_text(spec.description, "description", MAX_DESCRIPTION)
@@ -105,15 +138,13 @@ class StreamManager:
             autorestart=validate_autorestart(spec.autorestart),
             status=status,
         )
-        # Committed before the API answers: a stream the user was told exists survives a crash.
-        await self._persist(self.store.insert(record))
-        self.records[record.stream_id] = record
-        if status is Status.PENDING:
-            self._start_worker(record)
-        log.info("stream %s created (%s)", record.stream_id, status.value)
         return record
 
-    def get(self, stream_id: str, account_id: str = "") -> StreamRecord:
+    async def locate(self, stream_id: str, account_id: str = "") -> Located:
+        """The stream (LunaError 12012/404 as in get) and where it runs: here, on a single core."""
+        return Located(await self.get(stream_id, account_id), local=True)
+
+    async def get(self, stream_id: str, account_id: str = "") -> StreamRecord:
         stream_id = query_uuid(stream_id, "stream_id")
         account_id = query_uuid(account_id, "account_id") if account_id else ""
         record = self.records.get(stream_id)
@@ -122,7 +153,7 @@ class StreamManager:
             raise LunaError(OBJECT_NOT_FOUND, f"stream {stream_id} not found")
         return record
 
-    def list(
+    async def list(
         self, account_id: str, status: Status | None, page: int, page_size: int
     ) -> tuple[list[StreamRecord], int]:
         if page < 0 or page_size < 0:
@@ -138,7 +169,7 @@ class StreamManager:
         return matching[start : start + page_size], len(matching)
 
     async def update(self, stream_id: str, target: Status, account_id: str = "") -> StreamRecord:
-        record = self.get(stream_id, account_id)  # another account's stream: not found, as in get
+        record = await self.get(stream_id, account_id)  # another account's stream: not found, as in get
         stream_id = record.stream_id  # the canonical form, whatever the caller's case
         if target not in USER_TARGETS:
             raise invalid("status", "must be pause or pending")
@@ -163,12 +194,17 @@ class StreamManager:
         return record
 
     async def delete(self, stream_id: str, account_id: str = "") -> None:
-        stream_id = self.get(stream_id, account_id).stream_id  # checks the owner; the canonical id
+        stream_id = (await self.get(stream_id, account_id)).stream_id  # checks the owner; the canonical id
         await self._persist(self.store.delete(stream_id))  # first: a failed delete changes nothing
         await self._stop_worker(stream_id)
         del self.records[stream_id]
         self.bus.close_stream(stream_id, StreamEvent(Status.STOP, "stream deleted"))
         log.info("stream %s deleted", stream_id)
+
+    async def drain(self) -> None:
+        """SIGTERM, before the API stops: a fleet's agent hands its streams over here; a single
+        core keeps them running until close()."""
+        return None
 
     async def close(self) -> None:
         for stream_id in list(self.workers):

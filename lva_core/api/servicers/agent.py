@@ -107,6 +107,7 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 _AGENT_STATUS = {
+    AgentStatus.STARTING: agent_pb2.AGENT_STATUS_STARTING,
     AgentStatus.ALIVE: agent_pb2.AGENT_STATUS_ALIVE,
     AgentStatus.DRAINING: agent_pb2.AGENT_STATUS_DRAINING,
     AgentStatus.LOST: agent_pb2.AGENT_STATUS_LOST,

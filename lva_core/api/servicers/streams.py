@@ -16,6 +16,7 @@ from lva_core.api.convert import (
     stream_to_proto,
     watch_response,
 )
+from lva_core.api.follow import Peers, follow, is_relayed
 from lva_core.api.ratelimit import RateLimiter
 from lva_core.events.messages import StreamEvent
 from lva_core.streams.manager import StreamManager
@@ -33,9 +34,18 @@ def _bucket_key(account_id: str) -> str:
 
 
 class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
-    def __init__(self, manager: StreamManager, create_limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        manager: StreamManager,
+        create_limiter: RateLimiter | None = None,
+        peers: Peers | None = None,
+        own_endpoint: str = "",
+    ) -> None:
         self._manager = manager
         self._create_limiter = create_limiter
+        # A fleet's agent: the other agents, for live statistics and watches (api/follow.py).
+        self._peers = peers
+        self.own_endpoint = own_endpoint  # set once the agent knows its endpoint
 
     async def CreateStream(
         self, request: streams_pb2.CreateStreamRequest, context: Context
@@ -59,15 +69,24 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
     async def GetStream(
         self, request: streams_pb2.GetStreamRequest, context: Context
     ) -> streams_pb2.GetStreamResponse:
-        return streams_pb2.GetStreamResponse(
-            stream=stream_to_proto(self._manager.get(request.stream_id, request.account_id))
-        )
+        located = await self._manager.locate(request.stream_id, request.account_id)
+        if (
+            self._peers is not None
+            and not located.local
+            and located.endpoint
+            and located.endpoint != self.own_endpoint
+            and not is_relayed(context)
+        ):
+            live = await self._peers.get(located.endpoint, request)
+            if live is not None and live.stream_id == located.record.stream_id:
+                return streams_pb2.GetStreamResponse(stream=live)
+        return streams_pb2.GetStreamResponse(stream=stream_to_proto(located.record))
 
     async def ListStreams(
         self, request: streams_pb2.ListStreamsRequest, context: Context
     ) -> streams_pb2.ListStreamsResponse:
         status = status_from_proto(request.status)
-        records, count = self._manager.list(request.account_id, status, request.page, request.page_size)
+        records, count = await self._manager.list(request.account_id, status, request.page, request.page_size)
         return streams_pb2.ListStreamsResponse(streams=[stream_to_proto(r) for r in records], count=count)
 
     async def UpdateStream(
@@ -88,7 +107,16 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
     async def WatchStream(
         self, request: streams_pb2.WatchStreamRequest, context: Context
     ) -> AsyncIterator[streams_pb2.WatchStreamResponse]:
-        record = self._manager.get(request.stream_id, request.account_id)
+        if self._peers is not None and not is_relayed(context):
+            async for response in follow(
+                self._manager, self._peers, self.own_endpoint, request.stream_id, request.account_id
+            ):
+                yield response
+            return
+        located = await self._manager.locate(request.stream_id, request.account_id)
+        if not located.local:
+            return  # relayed here, but it does not run here (any more): the caller looks again
+        record = located.record
         bus = self._manager.bus
         subscription = bus.subscribe(record.stream_id)
         try:

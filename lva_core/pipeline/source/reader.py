@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -155,7 +155,7 @@ class VideoSource:
 
     # -- decoding --
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self) -> Generator[Frame, None, None]:
         """Decode, sample and deliver frames until the end of a file or a failure (SourceError)."""
         with self._lock:
             if self._container is None:
