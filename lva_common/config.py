@@ -39,12 +39,17 @@ DEFAULTS: dict[str, Any] = {
     "facade": {
         "host": "127.0.0.1",
         "port": 5240,
+        # One core (host:port); a fleet's cores as a comma-separated list of IP:port, or
+        # dns:///<name>:<port> (every address of a name): each call goes to the next that answers.
         "core_address": "127.0.0.1:5241",
         "request_timeout": 30.0,
         "docs_dir": "docs/_build/html",
         "max_body_size": 1048576,
         # Seconds between the WebSocket's server pings (autoping).
         "ws_heartbeat": 20.0,
+        # Seconds a WebSocket keeps trying to watch again after its core went away (killed,
+        # restarted, drained: another core of a fleet answers), before it reports the error.
+        "ws_resume_timeout": 15.0,
         # Bearer token every request must carry (Authorization: Bearer <token>), except
         # /healthcheck, /version, /metrics and /docs. Empty: no authentication. Masked in /1/config.
         "auth_token": "",

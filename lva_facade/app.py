@@ -44,7 +44,13 @@ def build_app(
     add_routes(app, routes, core)
     for route in routes:
         if route.server_streaming and route.method.full_name == "lva.v1.StreamsService.WatchStream":
-            add_ws_route(app, route, core, float(facade.get("ws_heartbeat", 20.0)))
+            add_ws_route(
+                app,
+                route,
+                core,
+                float(facade.get("ws_heartbeat", 20.0)),
+                float(facade.get("ws_resume_timeout", 15.0)),
+            )
     spec = build_openapi(routes, title, version("luna-video-agent"))
     add_docs_routes(app, spec, Path(facade["docs_dir"]))
     add_metrics_route(app)

@@ -7,6 +7,7 @@ Unknown query parameters are an error (12012), as LUNA's services answer.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
@@ -42,24 +43,61 @@ from lva_facade.negotiation import YAML_MEDIA, negotiate
 from lva_facade.request_id import METADATA_KEY, Handler, request_id_of
 from lva_facade.routes import Route
 
-# Reconnect quickly after the core restarts; gRPC's default backoff grows to two minutes.
+# Reconnect quickly after the core restarts; gRPC's default backoff grows to two minutes. A
+# ping every 5 s, answered within 3 s, finds a core that hangs (frozen, its machine gone without a
+# reset): within 8 s round robin stops sending it calls. The core allows pings that often
+# (lva_core/api/server.py).
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 
+# A fleet: every call goes to the next core that answers (a dead one is skipped).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def channel_target(address: str) -> tuple[str, bool]:
+    """gRPC's target for ``facade.core_address``, and whether it balances over several cores.
+
+    One ``host:port`` is one core. Several, comma-separated (``10.0.0.5:5241,10.0.0.6:5241``),
+    are the cores of a fleet, as IP addresses; ``dns:///lva-core.ns.svc:5241`` is every address
+    a name resolves to (a Kubernetes headless Service), re-resolved when a connection drops.
+    """
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("facade.core_address is empty")
+    if len(parts) > 1:
+        for part in parts:
+            host = part.rsplit(":", 1)[0].strip("[]")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(
+                    f"facade.core_address: {part!r} in a list must be an IP address and port; "
+                    "for names use dns:///<name>:<port>, which balances over every address of the name"
+                ) from None
+        family = "ipv6" if ":" in parts[0].rsplit(":", 1)[0] else "ipv4"
+        return f"{family}:{','.join(parts)}", True
+    return parts[0], parts[0].startswith("dns:")
+
+
 class CoreClient:
-    """The facade's one channel to the core, and a cached stub per method."""
+    """The facade's one channel to the core (or to the cores of a fleet), a cached stub per method."""
 
     def __init__(self, address: str, timeout: float, tls: dict[str, Any] | None = None) -> None:
         self.address = address
         self.timeout = timeout
         # facade.core_tls; checked here, so that a bad certificate path fails at startup.
         self._credentials = channel_credentials(tls or {})
+        self._target, balanced = channel_target(address)
         self._options = CHANNEL_OPTIONS + channel_options(tls or {})
+        if balanced:
+            self._options = [*self._options, ("grpc.service_config", _ROUND_ROBIN)]
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[str, Any] = {}
 
@@ -68,10 +106,10 @@ class CoreClient:
         if self._channel is None:
             # Created lazily so that it binds to the running event loop.
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
             else:
                 credentials = self._credentials
-                self._channel = grpc.aio.secure_channel(self.address, credentials, options=self._options)
+                self._channel = grpc.aio.secure_channel(self._target, credentials, options=self._options)
         return self._channel
 
     def unary_unary(self, route: Route) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -39,7 +40,13 @@ def render(response: streams_pb2.WatchStreamResponse) -> dict[str, Any]:
     return data
 
 
-def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat: float) -> None:
+# Between two attempts to watch again after the core went away.
+RESUME_PAUSE = 0.3
+
+
+def add_ws_route(
+    app: web.Application, route: Route, core: CoreClient, heartbeat: float, resume_timeout: float = 15.0
+) -> None:
     get_stream = core.channel_method(
         "/lva.v1.StreamsService/GetStream",
         streams_pb2.GetStreamRequest,
@@ -78,23 +85,46 @@ def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat
         except web.HTTPBadRequest as exc:
             # aiohttp checks the handshake before it sends anything; its answer would be text/plain.
             raise LunaError(BAD_HANDSHAKE, f"not a valid WebSocket upgrade: {exc.text}") from None
-        call: Any = core.channel.unary_stream(
+        watch: Any = core.channel.unary_stream(
             route.grpc_path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=streams_pb2.WatchStreamResponse.FromString,
-        )(streams_pb2.WatchStreamRequest(stream_id=stream_id, account_id=account_id), metadata=metadata)  # type: ignore[arg-type]
+        )
+        request_message = streams_pb2.WatchStreamRequest(stream_id=stream_id, account_id=account_id)
+        calls: list[Any] = []
 
         async def pump() -> None:
+            # A core that goes away (killed, restarted, drained) is not the stream's end: the
+            # watch is opened again, on another core of a fleet or on the restarted one, for up
+            # to resume_timeout; its first message is where the stream stands by then.
+            down_since: float | None = None
             try:
-                async for response in call:
-                    await ws.send_json(render(response))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    error = rpc_error_to_luna(exc, route, core.address)
-                    # The same shape as every message: no status, the error, no results.
-                    last = streams_pb2.WatchStreamResponse(error=error.detail, analytics_results=Struct())
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_json(render(last))
+                while True:
+                    call: Any = watch(request_message, metadata=metadata)
+                    calls.append(call)
+                    try:
+                        async for response in call:
+                            down_since = None
+                            await ws.send_json(render(response))
+                        return
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() == grpc.StatusCode.CANCELLED:
+                            return
+                        now = time.monotonic()
+                        down_since = now if down_since is None else down_since
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or now - down_since > resume_timeout:
+                            error = rpc_error_to_luna(exc, route, core.address)
+                            # The same shape as every message: no status, the error, no results.
+                            last = streams_pb2.WatchStreamResponse(
+                                error=error.detail, analytics_results=Struct()
+                            )
+                            with contextlib.suppress(ConnectionError, RuntimeError):
+                                await ws.send_json(render(last))
+                            return
+                        log.info(
+                            "watch of %s: the core went away (%s); watching again", stream_id, exc.details()
+                        )
+                        await asyncio.sleep(RESUME_PAUSE)
             except (ConnectionError, RuntimeError):
                 pass  # the client went away while we were sending
             finally:
@@ -106,7 +136,8 @@ def add_ws_route(app: web.Application, route: Route, core: CoreClient, heartbeat
                 if message.type == WSMsgType.ERROR:
                     break
         finally:
-            call.cancel()
+            for call in calls:
+                call.cancel()
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pumping

@@ -26,6 +26,7 @@ from typing import Any
 
 from benchmarks.api import PROBE, stream_body
 from benchmarks.stats import summary
+from lva_common.config import DEFAULTS
 from reliability import census
 from reliability.bench import HEARTBEAT_S, READ_TIMEOUT_S, Bench, clip, raw_ws_client, wait_for
 
@@ -186,6 +187,8 @@ async def triton_kill(bench: Bench, repeats: int) -> dict[str, Any]:
 
 # ---- the core restarted under the facade ------------------------------------------------------
 
+WS_RESUME_S = float(DEFAULTS["facade"]["ws_resume_timeout"])
+
 
 async def _triton_registrations(bench: Bench) -> list[str]:
     import tritonclient.grpc.aio as grpcclient
@@ -199,8 +202,10 @@ async def _triton_registrations(bench: Bench) -> list[str]:
 
 
 async def core_restart(bench: Bench, repeats: int) -> dict[str, Any]:
-    """SIGKILL the core: the facade answers 503 with a LUNA body, closes the WebSockets it
-    bridged, and serves again once a new core listens at the same address."""
+    """SIGKILL the core: the facade answers 503 with a LUNA body, keeps the WebSockets it bridged
+    open while it tries to watch again (``facade.ws_resume_timeout``: a fleet's other cores would
+    answer), then closes them with an error, and serves again once a new core listens at the
+    same address."""
     figures = _figures(repeats)
     figures["shared"] = True
     figures["answers_while_down"] = []
@@ -214,11 +219,12 @@ async def core_restart(bench: Bench, repeats: int) -> dict[str, Any]:
             if resp.status != 503 or set(body) != LUNA_KEYS or body.get("error_code") != 47006:
                 figures["violations"].append(f"#{attempt + 1}: core down answered {resp.status} {body}")
         try:
-            # The bridged WebSockets end (with an error message) rather than hang.
+            # The bridged WebSockets end (with an error message) rather than hang, once the
+            # facade has tried to watch again for its resume timeout (15 s by default).
             async def closed() -> bool:
                 return all(w.task is not None and w.task.done() for w in bench.witnesses.values())
 
-            figures["detect_s"].append(await wait_for(closed, 15, "witness WebSockets closed"))
+            figures["detect_s"].append(await wait_for(closed, WS_RESUME_S + 15, "witness WebSockets closed"))
         except TimeoutError as exc:
             figures["violations"].append(f"#{attempt + 1}: {exc}")
         await bench.stop_witnesses()  # their WebSockets are closed
