@@ -1,0 +1,129 @@
+"""A fleet on one machine for tests and benchmarks: N real cores on one PostgreSQL database and
+one Triton, a facade over all of them, and what the tests ask of them.
+
+Each core is a real ``python -m lva_core`` process with the fleet's short test timings (renew
+0.5 s, TTL 3 s, margin 1 s unless given), so that a killed agent's streams move within seconds.
+The fleet is inspected through the database itself (who owns what, as the claims see it), never
+through the cores' own word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from lva_testkit.stack import Service, start_core, start_facade
+
+ACTIVE = ("pending", "in_progress", "restart")
+
+
+@dataclass(frozen=True)
+class Timing:
+    renew: float = 0.5
+    ttl: float = 3.0
+    margin: float = 1.0
+
+
+@dataclass
+class Fleet:
+    log_dir: Path
+    triton_url: str
+    database: str  # postgresql:// URL
+    timing: Timing = field(default_factory=Timing)
+    cores: dict[str, Service] = field(default_factory=dict)
+    facade: Service | None = None
+
+    def env(self, agent_id: str, capacity: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {
+            "LVA_STREAMS__STORE": self.database,
+            "LVA_FLEET__AGENT_ID": agent_id,
+            "LVA_FLEET__CAPACITY": str(capacity),
+            "LVA_FLEET__RENEW_INTERVAL": str(self.timing.renew),
+            "LVA_FLEET__LEASE_TTL": str(self.timing.ttl),
+            "LVA_FLEET__FENCE_MARGIN": str(self.timing.margin),
+            # A test's camera loses no frames to a slow sample; the probe is cheap for Triton.
+            "LVA_STREAMS__OPEN_TIMEOUT": "5",
+            **(extra or {}),
+        }
+
+    def start_core(self, agent_id: str, capacity: int = 32, extra: dict[str, str] | None = None) -> Service:
+        core = start_core(self.log_dir, self.triton_url, self.env(agent_id, capacity, extra))
+        self.cores[agent_id] = core
+        return core
+
+    def start_facade(self, env: dict[str, str] | None = None) -> Service:
+        addresses = ",".join(core.address for core in self.cores.values())
+        # The dead cores' addresses stay in the list, as a Deployment's do until it is changed.
+        self.facade = start_facade(
+            self.log_dir, addresses, {"LVA_FACADE__WS_RESUME_TIMEOUT": "30", **(env or {})}
+        )
+        return self.facade
+
+    def kill(self, agent_id: str) -> None:
+        self.cores[agent_id].stop(signal.SIGKILL)
+
+    def drain(self, agent_id: str) -> None:
+        """SIGTERM, as Kubernetes' preStop and termination do; returns once the process exited."""
+        self.cores[agent_id].stop(signal.SIGTERM)
+
+    def freeze(self, agent_id: str) -> None:
+        self.cores[agent_id].proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self, agent_id: str) -> None:
+        self.cores[agent_id].proc.send_signal(signal.SIGCONT)
+
+    def alive(self) -> list[str]:
+        return [agent_id for agent_id, core in self.cores.items() if core.proc.poll() is None]
+
+    def stop(self) -> None:
+        if self.facade is not None:
+            self.facade.stop()
+        for core in self.cores.values():
+            if core.proc.poll() is None:
+                core.proc.send_signal(signal.SIGCONT)  # a frozen core cannot take its SIGTERM
+            core.stop()
+
+    # ------------------------------------------------------------------ the database's view
+
+    async def owners(self) -> dict[str, tuple[str | None, str]]:
+        """stream_id -> (the agent whose live incarnation owns it, or None; the stored status)."""
+        db = await asyncpg.connect(self.database)
+        try:
+            rows = await db.fetch(
+                """
+                SELECT s.stream_id, s.status, a.agent_id AS live_owner
+                FROM streams s LEFT JOIN agents a
+                  ON a.agent_id = s.owner_id AND a.incarnation = s.owner_incarnation
+                 AND a.status IN ('alive', 'draining') AND a.lease_expires > now()
+                """
+            )
+        finally:
+            await db.close()
+        return {r["stream_id"]: (r["live_owner"], r["status"]) for r in rows}
+
+    async def running(self) -> dict[str, str]:
+        """stream_id -> agent, for the streams in_progress on a live agent."""
+        return {
+            sid: owner
+            for sid, (owner, status) in (await self.owners()).items()
+            if owner and status == "in_progress"
+        }
+
+    async def wait_for(
+        self, predicate: object, timeout: float, what: str, interval: float = 0.2
+    ) -> dict[str, tuple[str | None, str]]:
+        """Poll owners() until ``predicate(owners)`` holds; the owners then. TimeoutError otherwise."""
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        while True:
+            owners = await self.owners()
+            if predicate(owners):
+                return owners
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout} s; owners {owners}")
+            await asyncio.sleep(interval)
