@@ -127,6 +127,9 @@ DEFAULTS: dict[str, Any] = {
         "renew_interval": 2.0,
         "lease_ttl": 12.0,
         "fence_margin": 2.0,
+        # With core.tls: the CA that signed the other cores' certificates, for the relays of
+        # watches and statistics between cores; "": core.tls.client_ca_file.
+        "peer_ca_file": "",
     },
 }
 

@@ -58,3 +58,22 @@ def channel_options(tls: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``server_name`` checks the core's certificate against another name than the address's host."""
     name = str(tls.get("server_name") or "")
     return [("grpc.ssl_target_name_override", name)] if name else []
+
+
+def peer_credentials(core_tls: Mapping[str, Any], peer_ca_file: str) -> grpc.ChannelCredentials | None:
+    """A fleet's agent towards the other agents (relays: api/follow.py): plaintext when its own
+    port is; otherwise TLS that checks their certificates against ``fleet.peer_ca_file`` (default:
+    ``core.tls.client_ca_file``) and presents its own certificate, for their mutual TLS."""
+    cert = _read("core.tls", core_tls, "cert_file")
+    key = _read("core.tls", core_tls, "key_file")
+    if cert is None or key is None:
+        return None
+    ca = _read("fleet", {"peer_ca_file": peer_ca_file}, "peer_ca_file") or _read(
+        "core.tls", core_tls, "client_ca_file"
+    )
+    if ca is None:
+        raise ValueError(
+            "a fleet's cores with core.tls need fleet.peer_ca_file (or core.tls.client_ca_file): "
+            "the CA that signed the other cores' certificates, to relay watches and statistics"
+        )
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)

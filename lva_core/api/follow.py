@@ -57,13 +57,17 @@ def is_relayed(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
 class Peers:
     """One channel per other agent's endpoint, opened when first needed."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._credentials = credentials  # None: plaintext, as the cores' own ports
 
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=_OPTIONS)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials, options=_OPTIONS)
             self._channels[endpoint] = channel
         return channel
 

@@ -22,7 +22,7 @@ from lva.v1 import (
     streams_pb2_grpc,
 )
 from lva_common.signals import stop_event
-from lva_common.tls import server_credentials
+from lva_common.tls import peer_credentials, server_credentials
 from lva_core.analytics.registry import discover_analytics
 from lva_core.api.follow import Peers
 from lva_core.api.interceptor import LunaErrorInterceptor
@@ -96,6 +96,16 @@ class CoreServer:
         self.port = 0
         # Checked before any port is bound: timings that could not renew in time refuse to start.
         self.lease_timing = lease_timing(config)
+        self.peers: Peers | None = None
+        if self.fleet is not None:
+            tls = config["core"].get("tls") or {}
+            try:
+                credentials = peer_credentials(
+                    tls, str((config.get("fleet") or {}).get("peer_ca_file") or "")
+                )
+            except (ValueError, OSError) as exc:
+                raise FleetConfigError(str(exc)) from None
+            self.peers = Peers(credentials)
         self.directory: AgentDirectory = LocalDirectory(
             agent_spec(config, int(config["core"]["port"]), self.catalogue), self._stream_count
         )
@@ -106,7 +116,6 @@ class CoreServer:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(self.config, self.triton, self.catalogue, lambda: self.directory), self.server
         )
-        self.peers = Peers() if self.fleet is not None else None
         streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config), self.peers)
         self.streams_servicer = streams
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
