@@ -40,7 +40,7 @@ RATE_SLACK = 0.9
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much of everything: ``--quick`` (CI smoke, under 3 minutes) or the full suite."""
+    """How much of everything: ``--quick`` (CI smoke, about 3 minutes) or the full suite."""
 
     pipeline_streams: tuple[int, ...] = (1, 4, 16)
     pipeline_clip_s: float = 10.0
@@ -62,6 +62,19 @@ class Sizes:
     soak_s: float = 600.0
     soak_streams: int = 8
     soak_sample_s: float = 10.0
+    # The fleet (benchmarks/fleet.py): failover trials per kind (SIGKILL, SIGTERM), the agents and
+    # cameras they run on; file streams of the 1-against-2-agents throughput; the steady window
+    # of the PostgreSQL load.
+    fleet_agents: int = 3
+    fleet_cameras: int = 12
+    fleet_camera_clip_s: float = 4.0
+    fleet_failovers: int = 20
+    fleet_throughput_streams: int = 8
+    fleet_throughput_clip_s: float = 20.0
+    fleet_throughput_repeats: int = 3
+    fleet_load_s: float = 30.0
+    # Before the load's window: PostgreSQL flushes an idle backend's transaction counts within 10 s.
+    fleet_load_settle_s: float = 11.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -80,6 +93,13 @@ class Sizes:
             leak_samples=10,
             soak_s=30.0,
             soak_sample_s=2.0,
+            fleet_cameras=6,
+            fleet_failovers=2,
+            fleet_throughput_streams=4,
+            fleet_throughput_clip_s=10.0,
+            fleet_throughput_repeats=1,
+            fleet_load_s=5.0,
+            fleet_load_settle_s=1.0,
         )
 
 

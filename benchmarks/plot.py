@@ -1,4 +1,4 @@
-"""One PNG of a results file, read at a glance: eight panels, one question each.
+"""One PNG of a results file, read at a glance: ten panels, one question each.
 
 Each panel draws from its own section of the results and says "not measured" when that section
 is missing or failed, so a partial run still gives a picture of what it did measure.
@@ -221,11 +221,63 @@ def cost(ax: Axes, results: dict[str, Any]) -> None:
     ax.legend(fontsize=7)
 
 
-PANELS: list[Panel] = [efficiency, batching, latency, first_event, capacity, rss_cycles, rss_soak, cost]
+def fleet_failover(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["fleet"]["failover"]
+    kinds = [("sigkill", "SIGKILL (crash)"), ("sigterm", "SIGTERM (drain)")]
+    xs = list(range(len(kinds)))
+    for offset, quantile, color in ((-0.25, "p50", NEUTRAL), (0.0, "p99", BAD), (0.25, "max", LIGHT)):
+        values = [_num(section[kind]["running_s"][quantile]) for kind, _ in kinds]
+        bars = ax.bar([x + offset for x in xs], values, 0.25, color=color, label=quantile)
+        _bar_labels(ax, bars, "{:.2f}")
+    targets = [_num(section[kind]["target"]["p99_at_most_s"]) for kind, _ in kinds]
+    ax.scatter(xs, targets, marker="_", s=1500, color="black", zorder=3, label="target (p99)")
+    ax.set_ylim(0, max([*targets, *(_num(section[k]["running_s"]["max"]) for k, _ in kinds)]) * 1.2)
+    ax.set_xticks(xs, [f"{name}\n{section[kind]['streams_moved']} streams moved" for kind, name in kinds])
+    ax.set_ylabel("s, signal -> in progress on another agent")
+    ax.set_title(
+        f"Fleet failover: double reads {section['double_reads']}, lost streams {section['lost_streams']}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper right", ncols=2)
+
+
+def fleet_scaling(ax: Axes, results: dict[str, Any]) -> None:
+    fleet = results["fleet"]
+    section = fleet["throughput"]
+    values = [_num(section["agents_1_fps"]), _num(section["agents_2_fps"])]
+    bars = ax.bar([0, 1], values, 0.6, color=[NEUTRAL, LIGHT])
+    _bar_labels(ax, bars, "{:.0f}")
+    ax.set_xticks([0, 1], ["1 agent", "2 agents"])
+    ax.set_ylabel(f"frames/s, {section['streams']} file streams")
+    ax.set_title(
+        f"Fleet: 2 agents / 1 = {_num(section['ratio']):.2f} on {section['cpus_usable']} CPUs", fontsize=9
+    )
+    load = fleet.get("postgres_load") or {}
+    parts = [
+        f"{_num(load[name]['statements_per_s_per_agent']):.1f}/s (renew {load[name]['timing']['renew']:g} s)"
+        for name in ("failover", "default")
+        if isinstance(load.get(name), dict)
+    ]
+    if parts:
+        ax.set_xlabel("PostgreSQL statements per agent: " + ", ".join(parts), fontsize=7)
+
+
+PANELS: list[Panel] = [
+    efficiency,
+    batching,
+    latency,
+    first_event,
+    capacity,
+    rss_cycles,
+    rss_soak,
+    cost,
+    fleet_failover,
+    fleet_scaling,
+]
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    figure, axes = plt.subplots(2, 4, figsize=(22, 9.5))
+    figure, axes = plt.subplots(2, 5, figsize=(27, 9.5))
     for ax, panel in zip(axes.flat, PANELS, strict=True):
         try:
             panel(ax, results)

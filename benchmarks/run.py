@@ -3,7 +3,7 @@
 It starts its own Triton, core and facade (and an RTSP server for live cameras) on free ports,
 measures what benchmarks/README.md describes, and writes ``<out>/<YYYY-MM-DD>T<HHMMSS>.json``
 with a PNG beside it, plus ``latest.json`` and ``latest.png``. ``--quick`` is the CI smoke run
-(under 3 minutes on two cores): small sizes, same measurements.
+(about 3 minutes on two cores): small sizes, same measurements.
 
 It never fails on a slow figure. The exit status is 1 only when a measurement could not be
 taken (the suite is broken); the results written then say which one and why.
@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from benchmarks import measures
+from benchmarks import fleet, measures
 from benchmarks.api import Api
 from benchmarks.plot import plot
 from benchmarks.stack import CACHE, TritonProbe, cached_clip, start_stack
@@ -74,6 +74,7 @@ def estimated_steps(sizes: measures.Sizes, rtsp: bool) -> int:
     steps += 1  # leak cycles
     if rtsp:
         steps += len(sizes.latency_streams) + sizes.capacity_max_runs + 1  # + soak
+    steps += fleet.steps(sizes, rtsp)
     return steps
 
 
@@ -181,6 +182,7 @@ async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tup
                     ("capacity", measures.capacity, True),
                     ("leaks.cycles", measures.leak_cycles, False),
                     ("leaks.soak", measures.soak, True),
+                    ("fleet", fleet.section, False),  # skips its camera parts without RTSP itself
                 ]
                 for name, measure, needs_rtsp in sections:
                     if needs_rtsp and cameras is None:
@@ -290,6 +292,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "cycles": {s: get("leaks", "cycles", "growth", s, "growth_mib") for s in ("core", "facade")},
             "soak": {s: get("leaks", "soak", "growth", s, "growth_mib") for s in ("core", "facade")},
         },
+        "fleet": get("fleet", "summary"),
         "model_only_items_per_s": {
             f"{r['model']}_x{r['batch']}": r["items_per_s"] for r in get("model_only", "runs") or []
         },
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, under 3 minutes (the CI smoke run)"
+        "--quick", action="store_true", help="small sizes, about 3 minutes (the CI smoke run)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
     args = parser.parse_args(argv)
