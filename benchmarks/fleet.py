@@ -52,7 +52,8 @@ from benchmarks.stack import CACHE, cached_clip
 from benchmarks.stats import median, rnd, summary
 from lva_core.runtime import procfs
 from lva_core.runtime.local_postgres import PostgresError
-from lva_testkit.fleet import ACTIVE, Fleet, Timing
+from lva_testkit.fleet import ACTIVE, OWNERS, Fleet, Timing
+from lva_testkit.fleet import camera_stream as fleet_camera
 from lva_testkit.postgres import PostgresCluster, new_cluster
 from lva_testkit.rtsp_server import RtspServer
 from lva_testkit.rtsp_server import available as rtsp_available
@@ -77,28 +78,11 @@ Owners = dict[str, tuple[str | None, str]]
 
 
 def camera_stream(url: str) -> dict[str, Any]:
-    """A live camera as the fleet tests run it: every 5th frame into the cheap pipeline_probe,
-    restarted by the agent whenever the camera drops."""
-    return {
-        "name": "bench-fleet-camera",
-        "data": {
-            "reference": url,
-            "type": "stream",
-            "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
-        },
-        "analytics": PROBE,
-        "autorestart": {"restart": 1, "attempt_count": 100, "delay": 0.5},
-    }
+    return fleet_camera(url, "bench-fleet-camera")
 
 
 # ---- the database's view -------------------------------------------------------------------------
 
-OWNERS = """
-SELECT s.stream_id, s.status, a.agent_id AS live_owner
-FROM streams s LEFT JOIN agents a
-  ON a.agent_id = s.owner_id AND a.incarnation = s.owner_incarnation
- AND a.status IN ('alive', 'draining') AND a.lease_expires > now()
-"""
 AGENTS = "SELECT agent_id, incarnation, status, lease_expires > now() AS live FROM agents"
 ENDS = "SELECT stream_id, status, last_update_time, owner_id FROM streams WHERE stream_id = ANY($1)"
 

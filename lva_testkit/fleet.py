@@ -20,6 +20,30 @@ import asyncpg
 from lva_testkit.stack import Service, start_core, start_facade
 
 ACTIVE = ("pending", "in_progress", "restart")
+PROBE = [{"analytic_name": "pipeline_probe"}]
+
+# Each stream with the agent whose live incarnation owns it (NULL: none) and its stored status.
+OWNERS = """
+SELECT s.stream_id, s.status, a.agent_id AS live_owner
+FROM streams s LEFT JOIN agents a
+  ON a.agent_id = s.owner_id AND a.incarnation = s.owner_incarnation
+ AND a.status IN ('alive', 'draining') AND a.lease_expires > now()
+"""
+
+
+def camera_stream(url: str, name: str = "fleet camera") -> dict[str, object]:
+    """A live camera as the fleet's tests and benchmarks run it: every 5th frame into the cheap
+    pipeline_probe, restarted by the agent whenever the camera drops."""
+    return {
+        "name": name,
+        "data": {
+            "reference": url,
+            "type": "stream",
+            "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
+        },
+        "analytics": PROBE,
+        "autorestart": {"restart": 1, "attempt_count": 100, "delay": 0.5},
+    }
 
 
 @dataclass(frozen=True)
@@ -94,14 +118,7 @@ class Fleet:
         """stream_id -> (the agent whose live incarnation owns it, or None; the stored status)."""
         db = await asyncpg.connect(self.database)
         try:
-            rows = await db.fetch(
-                """
-                SELECT s.stream_id, s.status, a.agent_id AS live_owner
-                FROM streams s LEFT JOIN agents a
-                  ON a.agent_id = s.owner_id AND a.incarnation = s.owner_incarnation
-                 AND a.status IN ('alive', 'draining') AND a.lease_expires > now()
-                """
-            )
+            rows = await db.fetch(OWNERS)
         finally:
             await db.close()
         return {r["stream_id"]: (r["live_owner"], r["status"]) for r in rows}

@@ -405,8 +405,8 @@ class Stream(_message.Message):
     error: _builtins.str
     """Why the stream failed, if it did."""
     agent_id: _builtins.str
-    """The agent running the stream (GET /1/agents), or that ran it to its end; empty while no
-    live agent holds it (waiting to be claimed, or its agent is gone).
+    """The agent running the stream (GET /1/agents); empty while none runs it: waiting to be
+    claimed, paused, ended, or its agent gone.
     """
     @_builtins.property
     def data(self) -> Global___StreamData:

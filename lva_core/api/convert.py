@@ -201,7 +201,8 @@ def stream_to_proto(record: StreamRecord) -> streams_pb2.Stream:
         status=status_to_proto(record.status),
         create_time=_timestamp(record.create_time),
         last_update_time=_timestamp(record.last_update_time),
-        agent_id=record.owner.agent_id if record.owner is not None else "",
+        # Who runs it: an agent that ran a stream now paused or ended runs nothing.
+        agent_id=record.owner.agent_id if record.owner is not None and record.status.active else "",
         statistics=streams_pb2.StreamStatistics(
             frames_decoded=stats.frames_decoded,
             frames_processed=stats.frames_processed,

@@ -22,8 +22,9 @@ from lva_testkit.paths import REPO
 from lva_testkit.rtsp_server import available as rtsp_available
 
 # The quick suite runs once per module, inside whichever test asks for it first: every test gets
-# room for it on top of the subprocess's own 300 s limit.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+# room for it on top of the subprocess's own 480 s limit (about 3 minutes here, its fleet
+# section one of them).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,7 +46,7 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=480,
     )
     assert run.returncode == 0, f"the suite failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     return out
@@ -152,3 +153,16 @@ def test_summary_has_the_headline_figures(results: dict[str, Any]) -> None:
     assert number(summary["time_to_first_event_s"]["file"])
     if rtsp_available():
         assert number(summary["capacity_streams"]) and number(summary["time_to_first_event_s"]["rtsp"])
+
+
+def test_fleet(results: dict[str, Any]) -> None:
+    fleet = results["fleet"]
+    summary = fleet["summary"]
+    # Never two readers of a camera, no stream left behind: the fleet's invariants, also here.
+    assert summary["double_reads"] == 0 and summary["lost_streams"] == 0, fleet["failover"]
+    for kind in ("sigkill_running_s", "sigterm_running_s"):
+        numbers(summary[kind], "p50", "p99", "max")
+    assert isinstance(summary["sigkill_target_met"], bool) and isinstance(summary["sigterm_target_met"], bool)
+    numbers(summary["throughput_fps"], "1_agent", "2_agents", "ratio")
+    numbers(summary["statements_per_s_per_agent"], "failover", "default")
+    assert summary["statements_per_s_per_agent"]["default"] > 0

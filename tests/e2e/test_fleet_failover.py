@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from lva_testkit.clips import clip
-from lva_testkit.fleet import ACTIVE, Fleet, Timing
+from lva_testkit.fleet import ACTIVE, Fleet, Timing, camera_stream
 from lva_testkit.postgres import PostgresCluster
 from lva_testkit.rtsp_server import RtspServer
 from lva_testkit.stack import Service
@@ -32,21 +32,7 @@ from lva_testkit.streams import create, delete, get, patch
 from lva_testkit.tcp_proxy import TcpProxy
 
 CAMERAS = 24
-PROBE = [{"analytic_name": "pipeline_probe"}]
 pytestmark = pytest.mark.timeout(300)
-
-
-def camera_stream(url: str) -> dict[str, object]:
-    return {
-        "name": "fleet camera",
-        "data": {
-            "reference": url,
-            "type": "stream",
-            "frame_processing": {"rate": {"period": 5, "unit": "frame"}},
-        },
-        "analytics": PROBE,
-        "autorestart": {"restart": 1, "attempt_count": 100, "delay": 0.5},
-    }
 
 
 @pytest.fixture(scope="module")
