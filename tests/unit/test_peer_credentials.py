@@ -25,7 +25,7 @@ def test_plaintext_cores_relay_in_plaintext() -> None:
 
 def test_tls_cores_need_the_ca_of_the_others(tmp_path: Path) -> None:
     files = _files(tmp_path, "cert", "key")
-    with pytest.raises(ValueError, match="fleet.peer_ca_file"):
+    with pytest.raises(ValueError, match=r"fleet\.peer_ca_file"):
         peer_credentials({"cert_file": files["cert"], "key_file": files["key"]}, "")
 
 
