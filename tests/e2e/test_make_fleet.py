@@ -192,6 +192,15 @@ async def test_the_fleet_runs_two_agents_on_one_triton_and_stops_on_sigint(
 
 def test_make_fleet_starts_the_launcher_with_its_agents() -> None:
     done = subprocess.run(
-        ["make", "-n", "fleet", "AGENTS=2"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        # --no-print-directory: under `make test` this make is nested and would add its
+        # "Entering/Leaving directory" lines.
+        ["make", "--no-print-directory", "-n", "fleet", "AGENTS=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    assert done.stdout.strip().splitlines()[-1].endswith("-m lva_core.runtime.fleet_stack --agents 2")
+    assert done.stdout.strip().splitlines()[-1].endswith("-m lva_core.runtime.fleet_stack --agents 2"), (
+        done.stdout
+    )
