@@ -52,10 +52,10 @@ from benchmarks.stack import CACHE, cached_clip
 from benchmarks.stats import median, rnd, summary
 from lva_core.runtime import procfs
 from lva_core.runtime.local_postgres import PostgresError
-from lva_testkit.fleet import ACTIVE, OWNERS, Fleet, Timing
+from lva_testkit.fleet import ACTIVE, OWNERS, Fleet, Owners, Timing, wait_owners
 from lva_testkit.fleet import camera_stream as fleet_camera
 from lva_testkit.postgres import PostgresCluster, new_cluster
-from lva_testkit.rtsp_server import RtspServer
+from lva_testkit.rtsp_server import RtspServer, tcp_sockets
 from lva_testkit.rtsp_server import available as rtsp_available
 from lva_testkit.stack import Service
 
@@ -74,7 +74,6 @@ CAPACITY = 32
 THROUGHPUT_SIZE = (640, 360)
 CAMERA_SIZE = (640, 360)
 FRAMES = "lva_frame_analysis_seconds"  # one observation per analysed frame, in every core
-Owners = dict[str, tuple[str | None, str]]
 
 
 def camera_stream(url: str) -> dict[str, Any]:
@@ -113,14 +112,7 @@ class Observer:
         }
 
     async def wait_for(self, predicate: Callable[[Owners], bool], timeout: float, what: str) -> Owners:
-        deadline = time.monotonic() + timeout
-        while True:
-            owners = await self.owners()
-            if predicate(owners):
-                return owners
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:g} s; {_spread(owners)}")
-            await asyncio.sleep(0.1)
+        return await wait_owners(self.owners, predicate, timeout, what, 0.1, _spread)
 
     async def wait_alive(self, agent_id: str, above: int, timeout: float) -> int:
         """Until ``agent_id`` is alive (its Triton up: it claims) at an incarnation above ``above``."""
@@ -496,21 +488,9 @@ def _client_ports(pid: int, server_port: int) -> set[int]:
                 link = os.readlink(f"/proc/{each}/fd/{fd}")
                 if link.startswith("socket:["):
                     inodes.add(link[8:-1])
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if (
-                len(fields) >= 10
-                and fields[9] in inodes
-                and int(fields[2].rsplit(":", 1)[1], 16) == server_port
-            ):
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {
+        local[1] for inode, local, remote in tcp_sockets() if inode in inodes and remote[1] == server_port
+    }
 
 
 async def _connections(

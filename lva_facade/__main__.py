@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lva_facade").info(
         "facade on %s:%s -> core %s", facade["host"], facade["port"], facade["core_address"]
     )
+    try:
+        app = build_app(config)
+    except ValueError as exc:  # facade.core_address or facade.core_tls: one line, exit 1
+        logging.getLogger("lva_facade").error("%s", exc)
+        raise SystemExit(1) from None
     # Not web.run_app: its runner's connections would answer the HTTP parser's refusals in plain text.
-    asyncio.run(serve(build_app(config), facade["host"], int(facade["port"])))
+    asyncio.run(serve(app, facade["host"], int(facade["port"])))
 
 
 if __name__ == "__main__":

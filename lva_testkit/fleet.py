@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ the database's view
 
-    async def owners(self) -> dict[str, tuple[str | None, str]]:
+    async def owners(self) -> Owners:
         """stream_id -> (the agent whose live incarnation owns it, or None; the stored status)."""
         db = await asyncpg.connect(self.database)
         try:
@@ -123,24 +124,39 @@ class Fleet:
             await db.close()
         return {r["stream_id"]: (r["live_owner"], r["status"]) for r in rows}
 
-    async def running(self) -> dict[str, str]:
-        """stream_id -> agent, for the streams in_progress on a live agent."""
-        return {
-            sid: owner
-            for sid, (owner, status) in (await self.owners()).items()
-            if owner and status == "in_progress"
-        }
-
     async def wait_for(
-        self, predicate: object, timeout: float, what: str, interval: float = 0.2
-    ) -> dict[str, tuple[str | None, str]]:
+        self, predicate: Callable[[Owners], bool], timeout: float, what: str, interval: float = 0.2
+    ) -> Owners:
         """Poll owners() until ``predicate(owners)`` holds; the owners then. TimeoutError otherwise."""
-        assert callable(predicate)
+        return await wait_owners(self.owners, predicate, timeout, what, interval)
+
+    async def wait_log(self, agent_id: str, text: str, timeout: float = 20) -> None:
+        """Until the core's log holds ``text`` (a state the core reports only there)."""
         deadline = time.monotonic() + timeout
-        while True:
-            owners = await self.owners()
-            if predicate(owners):
-                return owners
+        while text not in self.cores[agent_id].log_text():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout} s; owners {owners}")
-            await asyncio.sleep(interval)
+                raise TimeoutError(f"{agent_id} did not log {text!r} within {timeout} s")
+            await asyncio.sleep(0.2)
+
+
+Owners = dict[str, tuple[str | None, str]]
+
+
+async def wait_owners(
+    read: Callable[[], Awaitable[Owners]],
+    predicate: Callable[[Owners], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    describe: Callable[[Owners], object] = lambda owners: owners,
+) -> Owners:
+    """Poll ``read()`` (the owners, however read) until ``predicate`` holds; TimeoutError with
+    ``describe(owners)`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owners = await read()
+        if predicate(owners):
+            return owners
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s; owners {describe(owners)}")
+        await asyncio.sleep(interval)

@@ -126,7 +126,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -483,6 +483,27 @@ def _proc_address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
     return address, int(port, 16)
 
 
+Address = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+
+
+def tcp_sockets() -> Iterator[tuple[str, Address, Address]]:
+    """(inode, local address, remote address) of every held TCP socket of this network namespace,
+    from /proc/net/tcp and tcp6 (inode 0, TIME_WAIT, is held by nobody and left out)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[9] == "0":
+                continue
+            try:
+                yield fields[9], _proc_address(fields[1]), _proc_address(fields[2])
+            except ValueError:
+                continue
+
+
 def socket_inode(local_ip: str, local_port: int, remote_port: int) -> str | None:
     """The inode of the TCP socket at ``local_ip:local_port`` connected to ``remote_port``.
 
@@ -492,21 +513,9 @@ def socket_inode(local_ip: str, local_port: int, remote_port: int) -> str | None
     want = ipaddress.ip_address(local_ip)
     if isinstance(want, ipaddress.IPv6Address) and want.ipv4_mapped is not None:
         want = want.ipv4_mapped
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[9] == "0":  # inode 0: TIME_WAIT, nobody holds it
-                continue
-            try:
-                local, remote = _proc_address(fields[1]), _proc_address(fields[2])
-            except ValueError:
-                continue
-            if local == (want, local_port) and remote[1] == remote_port:
-                return fields[9]
+    for inode, local, remote in tcp_sockets():
+        if local == (want, local_port) and remote[1] == remote_port:
+            return inode
     return None
 
 

@@ -83,11 +83,6 @@ UPDATE streams SET status = $1, error = $2, last_update_time = $3
 WHERE stream_id = $4 AND owner_id = $5 AND owner_incarnation = $6 AND generation = $7
 """
 
-# $1 agent_id, $2 incarnation: the streams this incarnation owns.
-OWNED = """
-SELECT stream_id FROM streams WHERE owner_id = $1 AND owner_incarnation = $2 ORDER BY position
-"""
-
 # $1 agent_id, $2 incarnation: what the agent's rounds compare with the workers they run.
 OWNED_STATE = """
 SELECT stream_id, status, generation FROM streams
@@ -107,17 +102,12 @@ WHERE owner_id = $1 AND owner_incarnation = $2
 """
 
 
-async def claim_one(db: asyncpg.Connection, agent_id: str, incarnation: int, now: float) -> str | None:
-    """Claim the next stream for this agent, or None when there is none it should take."""
-    row = await db.fetchrow(CLAIM, agent_id, incarnation, now)
-    return None if row is None else str(row["stream_id"])
-
-
 async def claim_taking_over(
     db: asyncpg.Connection, agent_id: str, incarnation: int, now: float, limit: int
 ) -> list[tuple[str, str | None]]:
-    """Like claim_all; each stream with the agent that owned it before (None: a new stream, or
-    one paused or released), so that takeovers from dead agents can be counted."""
+    """Claim until nothing is left for this agent (or ``limit`` streams, for one round); each
+    stream with the agent that owned it before (None: a new stream, or one paused or released),
+    so that takeovers from dead agents can be counted."""
     claimed: list[tuple[str, str | None]] = []
     while len(claimed) < limit:
         row = await db.fetchrow(CLAIM, agent_id, incarnation, now)
@@ -130,14 +120,8 @@ async def claim_taking_over(
 async def claim_all(
     db: asyncpg.Connection, agent_id: str, incarnation: int, now: float, limit: int = 1000
 ) -> list[str]:
-    """Claim until nothing is left for this agent (or ``limit`` streams, for one round)."""
-    claimed: list[str] = []
-    while len(claimed) < limit:
-        stream_id = await claim_one(db, agent_id, incarnation, now)
-        if stream_id is None:
-            break
-        claimed.append(stream_id)
-    return claimed
+    """The ids claim_taking_over claims."""
+    return [stream_id for stream_id, _ in await claim_taking_over(db, agent_id, incarnation, now, limit)]
 
 
 async def write_status(
@@ -157,7 +141,7 @@ async def write_status(
 
 
 async def owned(db: asyncpg.Connection, agent_id: str, incarnation: int) -> list[str]:
-    return [str(r["stream_id"]) for r in await db.fetch(OWNED, agent_id, incarnation)]
+    return [str(r["stream_id"]) for r in await db.fetch(OWNED_STATE, agent_id, incarnation)]
 
 
 async def release(db: asyncpg.Connection, agent_id: str, incarnation: int) -> int:

@@ -32,13 +32,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lva_common.errors import BAD_QUERY, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
-from lva_common.ids import query_uuid
+from lva_common.errors import invalid
 from lva_core.analytics.base import Analytic
 from lva_core.events.bus import EventBus
 from lva_core.metrics.instruments import FLEET_CLAIMS, FLEET_FAILOVERS, FLEET_LOSSES
 from lva_core.pipeline.routing import ModelRouter
-from lva_core.streams.manager import RUNNING, Located, StreamManager
+from lva_core.streams.manager import RUNNING, Located, StreamManager, lookup_ids, page_query, visible
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.spec import StreamSpec
 from lva_core.streams.state import USER_TARGETS, Status, check_transition
@@ -74,7 +73,6 @@ class FleetStreamManager(StreamManager):
         self._fencing: asyncio.Task[None] | None = None
         # Streams whose worker ended here (done, failure), for their statistics; the newest kept.
         self.ended: dict[str, StreamRecord] = {}
-        self.rounds_run = 0
 
     # ------------------------------------------------------------------ the agent's lease
 
@@ -125,7 +123,6 @@ class FleetStreamManager(StreamManager):
                 log.warning("fleet round: %s", exc)
             except Exception:
                 log.exception("fleet round failed")
-            self.rounds_run += 1
 
     async def _round(self) -> None:
         incarnation = self.incarnation
@@ -211,15 +208,10 @@ class FleetStreamManager(StreamManager):
     # ------------------------------------------------------------------ the API, on any core
 
     async def _stored(self, stream_id: str, account_id: str) -> StoredStream:
-        stream_id = query_uuid(stream_id, "stream_id")
-        account_id = query_uuid(account_id, "account_id") if account_id else ""
-        try:
-            stored = await self.shared.fetch(stream_id)
-        except StoreError as exc:
-            raise LunaError(INTERNAL, f"the stream store failed: {exc}") from None
-        # Another account's stream answers exactly like a missing one: nothing leaks.
-        if stored is None or (account_id and stored.record.account_id != account_id):
-            raise LunaError(OBJECT_NOT_FOUND, f"stream {stream_id} not found")
+        stream_id, account_id = lookup_ids(stream_id, account_id)
+        stored = await self._persist(self.shared.fetch(stream_id))
+        visible(stored.record if stored is not None else None, stream_id, account_id)
+        assert stored is not None  # visible() raised otherwise
         return stored
 
     async def create(self, spec: StreamSpec) -> StreamRecord:
@@ -247,16 +239,10 @@ class FleetStreamManager(StreamManager):
     async def list(
         self, account_id: str, status: Status | None, page: int, page_size: int
     ) -> tuple[list[StreamRecord], int]:
-        if page < 0 or page_size < 0:
-            raise LunaError(BAD_QUERY, "page and page_size must not be negative")
-        account_id = query_uuid(account_id, "account_id") if account_id else ""
-        page, page_size = page or 1, min(page_size or 100, 1000)
-        try:
-            stored, count = await self.shared.fetch_page(
-                account_id, status, (page - 1) * page_size, page_size
-            )
-        except StoreError as exc:
-            raise LunaError(INTERNAL, f"the stream store failed: {exc}") from None
+        account_id, page, page_size = page_query(account_id, page, page_size)
+        stored, count = await self._persist(
+            self.shared.fetch_page(account_id, status, (page - 1) * page_size, page_size)
+        )
         # The ones running here with their live statistics; the others as stored.
         for each in stored:
             _hide_dead_owner(each)

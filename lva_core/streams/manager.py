@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
 from lva_common.ids import canonical_uuid, query_uuid
@@ -36,6 +36,31 @@ log = logging.getLogger("lva_core.streams")
 
 # Running, or about to: a resume of these changes nothing.
 RUNNING = frozenset({Status.PENDING, Status.IN_PROGRESS})
+
+
+T = TypeVar("T")
+
+
+def lookup_ids(stream_id: str, account_id: str) -> tuple[str, str]:
+    """The canonical stream id and account of a lookup (12012 for a malformed one)."""
+    return query_uuid(stream_id, "stream_id"), query_uuid(account_id, "account_id") if account_id else ""
+
+
+def visible(found: StreamRecord | None, stream_id: str, account_id: str) -> StreamRecord:
+    """``found``, unless it is missing or another account's: both answer 404 alike, so that
+    nothing leaks."""
+    if found is None or (account_id and found.account_id != account_id):
+        raise LunaError(OBJECT_NOT_FOUND, f"stream {stream_id} not found")
+    return found
+
+
+def page_query(account_id: str, page: int, page_size: int) -> tuple[str, int, int]:
+    """A list's account, page and page size, checked, with LUNA's defaults (page 1 of 100, at
+    most 1000)."""
+    if page < 0 or page_size < 0:
+        raise LunaError(BAD_QUERY, "page and page_size must not be negative")
+    account_id = query_uuid(account_id, "account_id") if account_id else ""
+    return account_id, page or 1, min(page_size or 100, 1000)
 
 
 @dataclass(frozen=True)
@@ -145,21 +170,13 @@ class StreamManager:
         return Located(await self.get(stream_id, account_id), local=True)
 
     async def get(self, stream_id: str, account_id: str = "") -> StreamRecord:
-        stream_id = query_uuid(stream_id, "stream_id")
-        account_id = query_uuid(account_id, "account_id") if account_id else ""
-        record = self.records.get(stream_id)
-        # Another account's stream answers exactly like a missing one: nothing leaks.
-        if record is None or (account_id and record.account_id != account_id):
-            raise LunaError(OBJECT_NOT_FOUND, f"stream {stream_id} not found")
-        return record
+        stream_id, account_id = lookup_ids(stream_id, account_id)
+        return visible(self.records.get(stream_id), stream_id, account_id)
 
     async def list(
         self, account_id: str, status: Status | None, page: int, page_size: int
     ) -> tuple[list[StreamRecord], int]:
-        if page < 0 or page_size < 0:
-            raise LunaError(BAD_QUERY, "page and page_size must not be negative")
-        account_id = query_uuid(account_id, "account_id") if account_id else ""
-        page, page_size = page or 1, min(page_size or 100, 1000)
+        account_id, page, page_size = page_query(account_id, page, page_size)
         matching = [
             r
             for r in self.records.values()
@@ -214,9 +231,10 @@ class StreamManager:
 
     # ------------------------------------------------------------------ persistence
 
-    async def _persist(self, write: Awaitable[None]) -> None:
+    async def _persist(self, work: Awaitable[T]) -> T:
+        """A store call of the API's: its failure is a LUNA error (INTERNAL), logged."""
         try:
-            await write
+            return await work
         except StoreError as exc:
             log.error("stream store: %s", exc)
             raise LunaError(INTERNAL, f"the stream store failed: {exc}") from None

@@ -165,6 +165,20 @@ def test_a_core_with_half_a_tls_section_refuses_to_start(
     assert not port_open(core_port)
 
 
+def test_a_facade_with_a_list_of_core_names_refuses_to_start() -> None:
+    # A list balances over IP addresses only; names go through dns:/// (docs/configuration.md).
+    facade_port, core_port = free_ports(2)
+    env = {
+        "LVA_FACADE__PORT": str(facade_port),
+        "LVA_FACADE__CORE_ADDRESS": f"core-a:{core_port},127.0.0.1:{core_port}",
+    }
+    code, output = _start_and_wait_exit(env, "lva_facade")
+    assert code == 1
+    assert "'core-a:" in output and "must be an IP address and port" in output, output[-3000:]
+    assert "Traceback" not in output
+    assert not port_open(facade_port)
+
+
 @pytest.mark.parametrize(
     ("half", "message"),
     [

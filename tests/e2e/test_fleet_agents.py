@@ -254,3 +254,19 @@ def test_a_core_with_unworkable_lease_timings_refuses_to_start(
     with pytest.raises(RuntimeError, match="exited with 1") as caught:
         start_core(log_dir, triton.address, {setting: value}, timeout=20)
     assert says in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+async def test_a_facade_balances_over_the_addresses_of_a_dns_name(
+    http: aiohttp.ClientSession, log_dir: Path, core: Service
+) -> None:
+    # dns:///<name>:<port>, as on Kubernetes with a headless Service: every address the name
+    # resolves to (localhost may give ::1 too, where no core listens: round robin skips it).
+    facade = start_facade(log_dir, f"dns:///localhost:{core.port}")
+    try:
+        for _ in range(5):
+            async with http.get(f"http://{facade.address}/1/agents") as resp:
+                assert resp.status == 200, await resp.text()
+                [agent] = (await resp.json())["agents"]
+            assert agent["endpoint"] == core.address
+    finally:
+        facade.stop()

@@ -15,7 +15,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from lva_testkit.clips import clip
-from lva_testkit.fleet import ACTIVE, Fleet, Timing, camera_stream
+from lva_testkit.fleet import ACTIVE, Fleet, Owners, Timing, camera_stream
 from lva_testkit.postgres import PostgresCluster
 from lva_testkit.rtsp_server import RtspServer
 from lva_testkit.stack import Service
@@ -63,12 +63,6 @@ async def fleet(
     assert cameras.violations()[violations_before:] == [], "a camera had two readers"
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
 async def _start(fleet: Fleet, capacities: dict[str, int]) -> str:
     for agent_id, capacity in capacities.items():
         fleet.start_core(agent_id, capacity)
@@ -80,8 +74,8 @@ async def _create(http: aiohttp.ClientSession, base: str, cameras: RtspServer, c
     return [await create(http, base, camera_stream(cameras.url_of(f"/cam{n}"))) for n in range(count)]
 
 
-def _all_in_progress(ids: list[str], alive: set[str]) -> object:
-    def check(owners: dict[str, tuple[str | None, str]]) -> bool:
+def _all_in_progress(ids: list[str], alive: set[str]) -> Callable[[Owners], bool]:
+    def check(owners: Owners) -> bool:
         return all(owners[s][0] in alive and owners[s][1] == "in_progress" for s in ids)
 
     return check
@@ -140,10 +134,7 @@ async def test_a_frozen_agent_past_its_ttl_changes_nothing_and_registers_again(
     fleet.thaw("a1")
     # It wakes, finds its lease gone, stops its workers without a write that counts, and
     # registers again with a new incarnation.
-    deadline = time.monotonic() + 20
-    while "registered again" not in fleet.cores["a1"].log_text():
-        assert time.monotonic() < deadline, "a1 did not register again"
-        await asyncio.sleep(0.2)
+    await fleet.wait_log("a1", "registered again")
     await asyncio.sleep(1.0)  # what it would still write after its wake-up, it has written by now
     assert await _rows(fleet, frozen) == before  # its late writes changed nothing
     owners = await fleet.owners()
@@ -298,10 +289,7 @@ async def test_an_agent_cut_off_from_postgresql_fences_itself_before_others_clai
         for mount in mounts.values():
             cameras.wait_readers(mount, 1, 10)
         proxy.restore()
-        deadline = time.monotonic() + 20
-        while "registered again" not in fleet.cores["a1"].log_text():
-            assert time.monotonic() < deadline, "a1 did not register again"
-            await asyncio.sleep(0.2)
+        await fleet.wait_log("a1", "registered again")
         owners = await fleet.owners()
         assert all(owners[s][0] == "a2" for s in cut_off)
     finally:
