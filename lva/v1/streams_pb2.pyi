@@ -338,6 +338,7 @@ class StreamStatistics(_message.Message):
     FRAME_AGE_FIELD_NUMBER: _builtins.int
     RECONNECTS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIELD_NUMBER: _builtins.int
     frames_decoded: _builtins.int
     """Frames decoded."""
     frames_processed: _builtins.int
@@ -352,6 +353,10 @@ class StreamStatistics(_message.Message):
     """Reconnections so far."""
     last_error: _builtins.str
     """The last processing error (for example an inference failure), or null."""
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackStatistics]:
+        """Outbound delivery, one entry per callback of the stream's analytics."""
+
     def __init__(
         self,
         *,
@@ -362,16 +367,71 @@ class StreamStatistics(_message.Message):
         frame_age: _builtins.float = ...,
         reconnects: _builtins.int = ...,
         last_error: _builtins.str | None = ...,
+        callbacks: _abc.Iterable[Global___CallbackStatistics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "decode_fps", b"decode_fps", "frame_age", b"frame_age", "frames_decoded", b"frames_decoded", "frames_dropped", b"frames_dropped", "frames_processed", b"frames_processed", "last_error", b"last_error", "reconnects", b"reconnects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "callbacks", b"callbacks", "decode_fps", b"decode_fps", "frame_age", b"frame_age", "frames_decoded", b"frames_decoded", "frames_dropped", b"frames_dropped", "frames_processed", b"frames_processed", "last_error", b"last_error", "reconnects", b"reconnects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
 
 Global___StreamStatistics: _TypeAlias = StreamStatistics  # noqa: Y015
+
+@_typing.final
+class CallbackStatistics(_message.Message):
+    """CallbackStatistics count the delivery of one callback's events (since the core started;
+    pending is what its outbox holds now).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLBACK_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    callback: _builtins.str
+    """Where the callback sits: analytics[i].parameters.callbacks[j]."""
+    type: _builtins.str
+    """Its transport: http, mqtt, or a plugin's."""
+    target: _builtins.str
+    """Its target, with any credentials masked."""
+    delivered: _builtins.int
+    """Events the receiver accepted."""
+    pending: _builtins.int
+    """Events waiting in the outbox."""
+    failed: _builtins.int
+    """Delivery attempts that failed (each is retried)."""
+    dropped: _builtins.int
+    """Events dropped by the outbox's bounds (count or age) before they could be delivered."""
+    last_error: _builtins.str
+    """The last delivery error, or null."""
+    def __init__(
+        self,
+        *,
+        callback: _builtins.str = ...,
+        type: _builtins.str = ...,
+        target: _builtins.str = ...,
+        delivered: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        last_error: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "last_error", b"last_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "callback", b"callback", "delivered", b"delivered", "dropped", b"dropped", "failed", b"failed", "last_error", b"last_error", "pending", b"pending", "target", b"target", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
+    _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
+
+Global___CallbackStatistics: _TypeAlias = CallbackStatistics  # noqa: Y015
 
 @_typing.final
 class Stream(_message.Message):
