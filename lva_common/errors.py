@@ -47,7 +47,24 @@ _ALL = [
         "Bad query parameters",
         400,
         _S.INVALID_ARGUMENT,
-        "A query parameter is missing, unknown, or of the wrong type or value.",
+        "A query or path parameter is unknown, given more than once, or of the wrong type or value "
+        "(a required one that is absent is 12014).",
+    ),
+    _spec(
+        12013,
+        "Resource not found",
+        404,
+        _S.NOT_FOUND,
+        "No route matches the request path (detail: Page not found), or the manual has no such page. "
+        "An object a route names that does not exist (a stream, a model) is 47004 instead.",
+    ),
+    _spec(
+        12014,
+        "Required parameter not found",
+        400,
+        _S.INVALID_ARGUMENT,
+        "A query parameter the route requires is absent, for example stream_id of /1/ws; detail: "
+        "Required parameter '<name>' not found. One that is present but empty or invalid is 12012.",
     ),
     _spec(
         12017,
@@ -55,6 +72,13 @@ _ALL = [
         400,
         _S.INVALID_ARGUMENT,
         "The request body is not of a content type the route accepts (application/json).",
+    ),
+    _spec(
+        12021,
+        "Method not allowed",
+        405,
+        _S.UNIMPLEMENTED,
+        "The route exists but not for this HTTP method; the Allow header lists the methods it has.",
     ),
     _spec(
         12024,
@@ -93,10 +117,6 @@ _ALL = [
         400,
         _S.INVALID_ARGUMENT,
         "The Luna-Request-Id header does not match <10-digit unix time>,<uuid4>.",
-    ),
-    _spec(47002, "Resource not found", 404, _S.NOT_FOUND, "No route matches the request path."),
-    _spec(
-        47003, "Method not allowed", 405, _S.UNIMPLEMENTED, "The route exists but not for this HTTP method."
     ),
     _spec(
         47004,
@@ -179,14 +199,15 @@ REGISTRY: dict[int, ErrorSpec] = {spec.code: spec for spec in _ALL}
 
 INTERNAL = REGISTRY[1]
 BAD_QUERY = REGISTRY[12012]
+ROUTE_NOT_FOUND = REGISTRY[12013]
+MISSING_PARAMETER = REGISTRY[12014]
 BAD_CONTENT_TYPE = REGISTRY[12017]
+METHOD_NOT_ALLOWED = REGISTRY[12021]
 UNSUPPORTED_MEDIA_TYPE = REGISTRY[12024]
 BAD_JSON = REGISTRY[12027]
 HEALTH_CHECK = REGISTRY[38001]
 STREAM_PROCESSING = REGISTRY[45001]
 BAD_REQUEST_ID = REGISTRY[47001]
-ROUTE_NOT_FOUND = REGISTRY[47002]
-METHOD_NOT_ALLOWED = REGISTRY[47003]
 OBJECT_NOT_FOUND = REGISTRY[47004]
 CONFLICT = REGISTRY[47005]
 CORE_UNAVAILABLE = REGISTRY[47006]
@@ -272,6 +293,11 @@ def invalid(path: str, message: str) -> LunaError:
     """The one error shape for a bad field of a request: 12027, detail ``<path>: <message>``, and
     ``path`` in the body, so that a client can point at the field."""
     return LunaError(BAD_JSON, f"{path}: {message}" if path else message, {"path": path})
+
+
+def missing_parameter(name: str) -> LunaError:
+    """A required query parameter that is absent: 12014, with LUNA's detail."""
+    return LunaError(MISSING_PARAMETER, f"Required parameter '{name}' not found")
 
 
 def spec_for_grpc_code(code: grpc.StatusCode) -> ErrorSpec:

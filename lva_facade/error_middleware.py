@@ -52,11 +52,20 @@ def error_response(request: web.Request, error: LunaError) -> web.Response:
     )
 
 
-def _from_http_exception(exc: web.HTTPException) -> LunaError | None:
+def allow_header(exc: web.HTTPMethodNotAllowed) -> str:
+    """RFC 9110's Allow: the methods the resource does support, in a stable order."""
+    return ", ".join(sorted(exc.allowed_methods))
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> LunaError | None:
+    # LUNA's answers: 12013 with "Page not found" for a path no route has, 12021 for a method the
+    # route lacks (the Allow header, added by the caller, lists those it has).
     if isinstance(exc, web.HTTPNotFound):
-        return LunaError(ROUTE_NOT_FOUND, "no route matches this path")
+        return LunaError(ROUTE_NOT_FOUND, "Page not found")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return LunaError(METHOD_NOT_ALLOWED, f"allowed methods: {', '.join(sorted(exc.allowed_methods))}")
+        return LunaError(
+            METHOD_NOT_ALLOWED, f"Method not allowed: {request.method}; allowed methods: {allow_header(exc)}"
+        )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return LunaError(BODY_TOO_LARGE, exc.text or "request body too large")
     return None
@@ -70,14 +79,14 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.warning("request %s failed: %s", request_id_of(request), error)
         return error_response(request, error)
     except web.HTTPException as exc:
-        converted = _from_http_exception(exc)
+        converted = _from_http_exception(request, exc)
         if converted is None:
             exc.headers[HEADER] = request_id_of(request)
             raise  # redirects and other deliberate HTTP answers pass through
         response = error_response(request, converted)
         if isinstance(exc, web.HTTPMethodNotAllowed):
             # RFC 9110: a 405 lists the methods the resource does support.
-            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            response.headers["Allow"] = allow_header(exc)
         return response
     except Exception:
         log.exception("request %s failed", request_id_of(request))

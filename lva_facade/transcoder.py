@@ -275,7 +275,7 @@ _AIOHTTP_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def aiohttp_path(path: str) -> str:
     """``/1/streams/{stream_id}`` with each variable matching any one segment.
 
-    aiohttp's own ``{name}`` stops at braces: ``/1/streams/{<uuid>}`` matched no route (47002),
+    aiohttp's own ``{name}`` stops at braces: ``/1/streams/{<uuid>}`` matched no route (12013),
     where the id deserves the core's answer about it (12012, not a UUID).
     """
     return _AIOHTTP_VARIABLE.sub(lambda m: "{" + m.group(1) + ":[^/]+}", path)

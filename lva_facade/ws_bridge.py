@@ -20,7 +20,7 @@ from aiohttp import HttpVersion11, WSMsgType, web
 from google.protobuf.struct_pb2 import Struct
 
 from lva.v1 import streams_pb2
-from lva_common.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError
+from lva_common.errors import BAD_HANDSHAKE, BAD_QUERY, LunaError, missing_parameter
 from lva_common.ids import query_uuid
 from lva_facade.jsoncodec import message_to_json
 from lva_facade.request_id import HEADER, METADATA_KEY, request_id_of
@@ -29,6 +29,8 @@ from lva_facade.transcoder import CoreClient, rpc_error_to_luna
 
 log = logging.getLogger("lva_facade.ws")
 QUERY = {"stream_id", "account_id"}
+# Absent: 12014 (LUNA's "Required parameter not found"); present but not a UUID, empty included: 12012.
+REQUIRED = ("stream_id",)
 
 
 def render(response: streams_pb2.WatchStreamResponse) -> dict[str, Any]:
@@ -59,7 +61,10 @@ def add_ws_route(
             raise LunaError(
                 BAD_QUERY, f"unknown query parameter(s) {sorted(unknown)} (accepted: {sorted(QUERY)})"
             )
-        stream_id = request.query.get("stream_id", "")
+        for name in REQUIRED:
+            if name not in request.query:
+                raise missing_parameter(name)
+        stream_id = request.query["stream_id"]
         account_id = request.query.get("account_id", "")
         # Checked here, before the upgrade; the core looks up the canonical form (lva_common.ids).
         query_uuid(stream_id, "stream_id")

@@ -204,10 +204,10 @@ async def test_docs_dev_redirects_to_the_manual(http: aiohttp.ClientSession, bas
 async def test_unknown_route_and_method(http: aiohttp.ClientSession, base_url: str) -> None:
     async with http.get(f"{base_url}/1/nowhere") as resp:
         assert resp.status == 404
-        assert_luna_error(await resp.json(), 47002)
+        assert_luna_error(await resp.json(), 12013)
     async with http.put(f"{base_url}/version") as resp:
         assert resp.status == 405
-        assert_luna_error(await resp.json(), 47003)
+        assert_luna_error(await resp.json(), 12021)
         assert set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD"}
 
 
@@ -276,10 +276,10 @@ async def test_a_bad_host_header_never_reaches_the_error_link(facade: Service, h
         assert host not in json.dumps(body) or not host
         return
     assert status == 404
-    assert body["link"] == f"http://{facade.address}/docs/dev/errors.html#error-47002"
+    assert body["link"] == f"http://{facade.address}/docs/dev/errors.html#error-12013"
 
 
 async def test_a_valid_host_header_names_the_link(facade: Service) -> None:
     status, body = await _raw_get(facade.address, "/1/nowhere", "agent.example:8443")
     assert status == 404
-    assert body["link"] == "http://agent.example:8443/docs/dev/errors.html#error-47002"
+    assert body["link"] == "http://agent.example:8443/docs/dev/errors.html#error-12013"

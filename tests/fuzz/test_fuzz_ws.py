@@ -165,8 +165,8 @@ async def assert_healthy(facade: Service, stream_id: str) -> None:
 # ---------------------------------------------------------------- handshakes that reach the handler
 
 
-async def test_missing_stream_id_is_12012(facade: Service) -> None:
-    assert_luna(await exchange(facade.address, request("/1/ws")), 400, 12012)
+async def test_missing_stream_id_is_12014(facade: Service) -> None:
+    assert_luna(await exchange(facade.address, request("/1/ws")), 400, 12014)
 
 
 @pytest.mark.parametrize(
