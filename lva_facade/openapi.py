@@ -180,11 +180,23 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
             "required": False,
             "content": {"application/json": {"schema": body_schema}},
         }
+    headers = {HEADER: {"schema": {"type": "string"}, "description": "The request id."}}
+    if route.http_body:
+        # google.api.HttpBody: the answer is the body's bytes, of one of the declared types.
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        operation["responses"] = {
+            str(route.success_status): {
+                "description": "Success: the body itself, of the media type it declares",
+                "headers": headers,
+                "content": {media: dict(binary) for media in route.produces},
+            },
+            "default": {"$ref": "#/components/responses/Error"},
+        }
+        return operation
     if route.response_body:
         response_schema = schemas.field(method.output_type.fields_by_name[route.response_body])
     else:
         response_schema = schemas.ref(method.output_type)
-    headers = {HEADER: {"schema": {"type": "string"}, "description": "The request id."}}
     if route.server_streaming:
         success = {
             "101": {

@@ -20,6 +20,8 @@ from lva.v1 import options_pb2
 # {stream_id} or {name=pattern}: the facade binds only whole path segments to fields.
 _PATH_VARIABLE = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_.]*)(?:=[^}]*)?\}")
 _HTTP_VERBS = ("get", "put", "post", "delete", "patch")
+# A response of this type is the HTTP body itself (raw bytes and their content type), not JSON.
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,16 @@ class Route:
         return self.extras.success_status or 200
 
     @property
+    def http_body(self) -> bool:
+        """Whether the RPC answers with a ``google.api.HttpBody``: served as its bytes, with its
+        ``content_type``, never rendered as JSON."""
+        return bool(self.method.output_type.full_name == HTTP_BODY)
+
+    @property
     def produces(self) -> tuple[str, ...]:
+        if self.http_body:
+            # The media types the body may have (http_extras.produces); any, when none are named.
+            return tuple(self.extras.produces) or ("*/*",)
         return ("application/json", *self.extras.produces)
 
     def query_fields(self) -> list[FieldDescriptor]:

@@ -54,6 +54,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 5000),
     ("grpc.keepalive_timeout_ms", 3000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Answers above gRPC's default 4 MiB: a google.api.HttpBody (a large picture) is one message.
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
 
@@ -248,11 +250,26 @@ def _render(route: Route, response: Message, media: str) -> web.Response:
     return web.json_response(data, status=route.success_status)
 
 
+def _render_http_body(route: Route, response: Message, accept: str | None) -> web.Response:
+    """A ``google.api.HttpBody`` answer: its bytes with its own content type, which the
+    ``Accept`` header must allow (406, error 12024, otherwise)."""
+    content_type = str(getattr(response, "content_type", "")) or "application/octet-stream"
+    negotiate(accept, (content_type.split(";", 1)[0].strip().lower(),))
+    return web.Response(
+        body=bytes(getattr(response, "data", b"")),
+        status=route.success_status,
+        headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
+    )
+
+
 def make_handler(route: Route, core: CoreClient) -> Handler:
     request_cls = GetMessageClass(route.input_type)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        media = negotiate(request.headers.get("Accept"), route.produces)
+        accept = request.headers.get("Accept")
+        # An HttpBody's type is known only from the answer; the route's declared types (if
+        # any) still refuse an Accept none of them could satisfy before the call is made.
+        media = negotiate(accept, route.produces) if route.produces != ("*/*",) else "*/*"
         message = request_cls()
         _bind_query(message, route, request)
         await _bind_body(message, route, request)
@@ -263,6 +280,8 @@ def make_handler(route: Route, core: CoreClient) -> Handler:
             )
         except grpc.aio.AioRpcError as exc:
             raise rpc_error_to_luna(exc, route, core.address) from None
+        if route.http_body:
+            return _render_http_body(route, response, accept)
         return _render(route, response, media)
 
     handle.__name__ = route.method.name
