@@ -110,6 +110,20 @@ DEFAULTS: dict[str, Any] = {
         # "" or ":memory:": not persisted.
         "store_path": "var/streams.sqlite3",
     },
+    # Event images (a crowd's overview.image, a face track's best_shot), kept until their ttl.
+    "images": {
+        # Directory of the image files (relative: to the working directory); "": no images are
+        # kept and events carry null in their place.
+        "path": "var/images",
+        # Put before /1/images/<id> in the URLs events carry; "": a path on the facade.
+        "base_url": "",
+        # Seconds between two removals of expired images (expired ones are never served).
+        "cleanup_interval": 60.0,
+        # Threads that encode images, and the most images waiting or being encoded: one more
+        # is dropped (its event carries null), so a burst never holds more frames than this.
+        "workers": 1,
+        "max_pending_encodes": 16,
+    },
     "plugins": {"disabled": []},
     # The fleet: the agents that share one stream store (streams.store: postgresql://...).
     "fleet": {

@@ -16,6 +16,8 @@ from lva.v1 import (
     agent_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
+    images_pb2,
+    images_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     streams_pb2,
@@ -29,12 +31,14 @@ from lva_core.api.interceptor import LunaErrorInterceptor
 from lva_core.api.ratelimit import RateLimiter
 from lva_core.api.servicers.agent import AgentServicer
 from lva_core.api.servicers.analytics import AnalyticsServicer
+from lva_core.api.servicers.images import ImagesServicer
 from lva_core.api.servicers.models import ModelsServicer
 from lva_core.api.servicers.streams import StreamsServicer
 from lva_core.events.bus import EventBus
 from lva_core.fleet.directory import AgentDirectory, LocalDirectory
 from lva_core.fleet.identity import agent_spec
 from lva_core.fleet.lease import FleetConfigError, lease_timing
+from lva_core.images.store import ImageStoreError, open_image_store
 from lva_core.inference.service import Inference
 from lva_core.metrics.collectors import serve_metrics
 from lva_core.metrics.instruments import watch_event_loop
@@ -55,6 +59,7 @@ SERVICE_NAMES = [
     streams_pb2.DESCRIPTOR.services_by_name["StreamsService"].full_name,
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name,
+    images_pb2.DESCRIPTOR.services_by_name["ImagesService"].full_name,
 ]
 
 
@@ -78,6 +83,9 @@ class CoreServer:
         self.catalogue = discover_analytics(config)
         # An unusable store stops start-up here, before any port is bound (serve() exits with 1).
         store = open_store(config)
+        # Event images (images.*); None when images.path is empty. An unusable directory stops
+        # start-up too.
+        self.images = open_image_store(config)
         router = ModelRouter(config["triton"].get("models") or {}, self.inference)
         self.streams: StreamManager
         self.fleet: FleetStreamManager | None = None
@@ -90,6 +98,8 @@ class CoreServer:
             self.streams = self.fleet
         else:
             self.streams = StreamManager(config, router, self.bus, self.catalogue, store)
+        # The workers store their events' images here before publishing them.
+        self.streams.images = self.images
         self.streams.load()
         self.server = grpc.aio.server(interceptors=[LunaErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
@@ -124,6 +134,7 @@ class CoreServer:
         models_pb2_grpc.add_ModelsServiceServicer_to_server(
             ModelsServicer(self.inference.client), self.server
         )
+        images_pb2_grpc.add_ImagesServiceServicer_to_server(ImagesServicer(self.images), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [
@@ -146,6 +157,8 @@ class CoreServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind {core['host']}:{core['port']}")
         await self.inference.start()
+        if self.images is not None:
+            await self.images.start()
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -219,6 +232,8 @@ class CoreServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.streams.close()
+        if self.images is not None:
+            await self.images.close()
         if self.peers is not None:
             await self.peers.close()
         await self.directory.close()
@@ -231,7 +246,7 @@ async def serve(config: dict[str, Any]) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     try:
         server = CoreServer(config)
-    except (StoreError, FleetConfigError) as exc:
+    except (StoreError, FleetConfigError, ImageStoreError) as exc:
         # Running on without the store would lose every stream at the next restart: refuse.
         log.error("%s", exc)
         raise SystemExit(1) from None

@@ -96,3 +96,20 @@ FLEET_LOSSES = Counter(
     "Status writes of this agent's workers that changed nothing: the stream was taken over, "
     "changed by the user or deleted from another core; the worker stops.",
 )
+
+# Event images (lva_core/images): encoded off the event loop, kept until their ttl.
+IMAGES_STORED = Counter(
+    "lva_images_stored_total", "Event images encoded and stored, by media type.", ["mimetype"]
+)
+IMAGE_BYTES = Counter("lva_images_stored_bytes_total", "Bytes of the event images stored (encoded).")
+IMAGE_ENCODE = Histogram(
+    "lva_image_encode_seconds",
+    "Time to downscale and encode one event image, on the image store's thread pool.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64),
+)
+IMAGES_DROPPED = Counter(
+    "lva_images_dropped_total",
+    "Event images not stored, by reason: busy (images.max_pending_encodes were pending), error "
+    "(encoding or writing failed). The event is published with its image null.",
+    ["reason"],
+)

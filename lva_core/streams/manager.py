@@ -14,6 +14,7 @@ from lva_common.ids import canonical_uuid, query_uuid
 from lva_core.analytics.base import Analytic
 from lva_core.events.bus import EventBus
 from lva_core.events.messages import StreamEvent
+from lva_core.images.store import ImageStore
 from lva_core.pipeline.routing import ModelRouter
 from lva_core.pipeline.settings import StreamSettings
 from lva_core.pipeline.worker import BoundAnalytic, StreamWorker
@@ -74,6 +75,10 @@ class Located:
 
 
 class StreamManager:
+    # Where the workers store their events' images (CoreServer sets it); None: images.path is
+    # empty, and events carry null in their place.
+    images: ImageStore | None = None
+
     def __init__(
         self,
         config: dict[str, Any],
