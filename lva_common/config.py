@@ -125,6 +125,22 @@ DEFAULTS: dict[str, Any] = {
         "max_pending_encodes": 16,
     },
     "plugins": {"disabled": []},
+    # Outbound events: every analytic's callbacks, through the stream store's outbox.
+    "delivery": {
+        # Undelivered events one callback of one stream may hold; beyond it the oldest go.
+        "max_pending": 10000,
+        # Seconds an undelivered event is kept before it is dropped (counted) instead of sent.
+        "max_age": 86400.0,
+        # Capped exponential backoff between two attempts at one event, seconds.
+        "initial_backoff": 0.5,
+        "max_backoff": 30.0,
+        # Seconds between looks at the outbox for lanes no one here delivers yet (a fleet).
+        "scan_interval": 2.0,
+        # Events read from the outbox at once per callback.
+        "batch": 32,
+        # Seconds a stopping core keeps delivering before it leaves the rest for its next start.
+        "shutdown_grace": 2.0,
+    },
     # The fleet: the agents that share one stream store (streams.store: postgresql://...).
     "fleet": {
         # Stable id of this agent; "": <hostname>:<core port> (the pod name on Kubernetes).

@@ -9,13 +9,16 @@ reads back exactly as the client sent it (after validation's defaults). The stre
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from lva.v1 import streams_pb2
 from lva_common.config import mask_reference, mask_url
+from lva_core.delivery.callbacks import PARAMETER as CALLBACKS
+from lva_core.delivery.callbacks import mask_callbacks
+from lva_core.delivery.lane import LaneStats
 from lva_core.events.messages import StreamEvent
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.spec import (
@@ -187,7 +190,25 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def stream_to_proto(record: StreamRecord) -> streams_pb2.Stream:
+def callback_statistics(path: str, stats: LaneStats, reference: str) -> streams_pb2.CallbackStatistics:
+    shown = streams_pb2.CallbackStatistics(
+        callback=path,
+        type=stats.kind,
+        target=stats.target,  # masked by its sink type
+        delivered=stats.delivered,
+        pending=stats.pending,
+        failed=stats.failed,
+        dropped=stats.dropped,
+    )
+    if stats.last_error is not None:
+        shown.last_error = mask_reference(stats.last_error, reference)
+    return shown
+
+
+def stream_to_proto(
+    record: StreamRecord, callbacks: Sequence[tuple[str, LaneStats]] = ()
+) -> streams_pb2.Stream:
+    """The stream as the API shows it; ``callbacks``: its delivery statistics, in order."""
     stats = record.statistics
     data = source_data_to_proto(record.data)
     data.reference = mask_url(data.reference)  # credentials never leave the core
@@ -212,10 +233,15 @@ def stream_to_proto(record: StreamRecord) -> streams_pb2.Stream:
             reconnects=stats.reconnects,
             # Inference errors name no reference today; masked anyway, at the one exit.
             last_error=mask_reference(stats.last_error, record.data.reference) if stats.last_error else None,
+            callbacks=[callback_statistics(path, each, record.data.reference) for path, each in callbacks],
         ),
     )
     for spec in record.analytics:
-        stream.analytics.add(analytic_name=spec.name, parameters=struct_from(spec.parameters))
+        parameters = spec.parameters
+        if parameters.get(CALLBACKS):
+            # A callback's secret, credential headers and URL credentials never leave the core.
+            parameters = {**parameters, CALLBACKS: mask_callbacks(parameters[CALLBACKS])}
+        stream.analytics.add(analytic_name=spec.name, parameters=struct_from(parameters))
     if record.error is not None:
         stream.error = mask_reference(record.error, record.data.reference)
     return stream

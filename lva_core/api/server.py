@@ -129,7 +129,9 @@ class CoreServer:
         streams = StreamsServicer(self.streams, RateLimiter.from_config(self.config), self.peers)
         self.streams_servicer = streams
         streams_pb2_grpc.add_StreamsServiceServicer_to_server(streams, self.server)
-        analytics = AnalyticsServicer(self.catalogue, self.config["triton"].get("models") or {})
+        analytics = AnalyticsServicer(
+            self.catalogue, self.config["triton"].get("models") or {}, self.streams.sinks
+        )
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, self.server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(
             ModelsServicer(self.inference.client), self.server
@@ -164,6 +166,8 @@ class CoreServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("core listening on %s:%s%s", core["host"], self.port, " (TLS)" if credentials else "")
         await self._join_fleet()
+        # Receivers do not wait for Triton: a previous run's undelivered events go out now.
+        await self.streams.start_delivery()
         self.metrics_port = serve_metrics(
             core["host"], int(core.get("metrics_port", 0)), self.streams, self.bus
         )

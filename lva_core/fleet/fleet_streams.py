@@ -34,6 +34,7 @@ from typing import Any
 
 from lva_common.errors import invalid
 from lva_core.analytics.base import Analytic
+from lva_core.delivery.service import FindStream
 from lva_core.events.bus import EventBus
 from lva_core.metrics.instruments import FLEET_CLAIMS, FLEET_FAILOVERS, FLEET_LOSSES
 from lva_core.pipeline.routing import ModelRouter
@@ -73,6 +74,18 @@ class FleetStreamManager(StreamManager):
         self._fencing: asyncio.Task[None] | None = None
         # Streams whose worker ended here (done, failure), for their statistics; the newest kept.
         self.ended: dict[str, StreamRecord] = {}
+        # Any agent may deliver any lane of the shared outbox: the outbox's claims pick one.
+        self.delivery.shared = True
+
+    def _find_stream(self) -> FindStream:
+        async def find(stream_id: str) -> StreamRecord | None:
+            local = self.records.get(stream_id)
+            if local is not None:
+                return local
+            stored = await self.shared.fetch(stream_id)
+            return stored.record if stored is not None else None
+
+        return find
 
     # ------------------------------------------------------------------ the agent's lease
 
@@ -216,6 +229,7 @@ class FleetStreamManager(StreamManager):
 
     async def create(self, spec: StreamSpec) -> StreamRecord:
         record = self._new_record(spec)
+        await self._check_callback_hosts(record)
         await self._persist(self.store.insert(record))  # and a notification: someone claims it
         log.info("stream %s created (%s)", record.stream_id, record.status.value)
         return record
@@ -272,6 +286,7 @@ class FleetStreamManager(StreamManager):
         await self._persist(self.store.delete(stream_id))  # its owner is told and stops it
         if stream_id in self.records:
             await self._drop(stream_id, "deleted")
+        await self.delivery.forget(stream_id)  # the shared outbox's rows; other agents' lanes idle
         log.info("stream %s deleted", stream_id)
 
     # ------------------------------------------------------------------ leaving
@@ -307,6 +322,7 @@ class FleetStreamManager(StreamManager):
 
     async def close(self) -> None:
         await self.drain()
+        await self.delivery.close()  # what is still pending stays in the shared outbox
         await self.store.close()
 
 

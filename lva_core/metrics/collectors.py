@@ -70,6 +70,7 @@ class StreamCollector(Collector):
             subscribers.add_metric(labels, float(self.bus.subscriber_count(record.stream_id)))
         yield from counters.values()
         yield from (frame_age, decode_fps, status, subscribers)
+        yield from self._delivery()
         published = CounterMetricFamily(
             "lva_event_messages_published", "Messages published on the event bus."
         )
@@ -80,6 +81,37 @@ class StreamCollector(Collector):
         )
         dropped.add_metric([], float(self.bus.dropped_total()))
         yield dropped
+
+    def _delivery(self) -> Iterator[Any]:
+        """Per callback of each stream, what its statistics show (GET /1/streams/{id})."""
+        labels = ["stream_id", "callback", "type"]
+        families = {
+            "delivered": CounterMetricFamily(
+                "lva_callback_events_delivered", "Events a callback's receiver accepted.", labels=labels
+            ),
+            "failed": CounterMetricFamily(
+                "lva_callback_attempts_failed",
+                "Delivery attempts that failed (each is retried).",
+                labels=labels,
+            ),
+            "dropped": CounterMetricFamily(
+                "lva_callback_events_dropped",
+                "Events dropped undelivered by the outbox's bounds (delivery.max_pending, max_age).",
+                labels=labels,
+            ),
+        }
+        pending = GaugeMetricFamily(
+            "lva_callback_events_pending", "Events waiting in the outbox, per callback.", labels=labels
+        )
+        delivery = self.manager.delivery
+        for record in list(self.manager.records.values()):
+            for path, stats in delivery.statistics(record):
+                values = [record.stream_id, path, stats.kind]
+                for name, family in families.items():
+                    family.add_metric(values, float(getattr(stats, name)))
+                pending.add_metric(values, float(stats.pending))
+        yield from families.values()
+        yield pending
 
 
 # "decode:<stream id>" -> "decode", "ThreadPoolExecutor-0_3" -> "ThreadPoolExecutor": a bounded label.

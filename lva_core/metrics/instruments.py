@@ -113,3 +113,17 @@ IMAGES_DROPPED = Counter(
     "(encoding or writing failed). The event is published with its image null.",
     ["reason"],
 )
+
+# Outbound delivery (lva_core/delivery/): per-callback counts are read at scrape time
+# (collectors.py); these are what a scrape cannot reconstruct.
+DELIVERY_ATTEMPTS = Counter(
+    "lva_delivery_attempts_total",
+    "Delivery attempts of outbound events, by sink type and outcome.",
+    ["type", "outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "lva_delivery_latency_seconds",
+    "From an event entering the outbox to its receiver accepting it, by sink type.",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 from lva_common.errors import LunaError
 from lva_common.logs import request_id_var, stream_id_var
-from lva_core.analytics.base import Analytic, InferFn
+from lva_core.analytics.base import Analytic, Event, InferFn
+from lva_core.images.request import has_images, resolve_images, strip_images
+from lva_core.images.store import ImageStore
 from lva_core.metrics.instruments import FRAME_ANALYSIS, FRAME_DECODE
 from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
 from lva_core.pipeline.frame import Frame
@@ -84,8 +86,11 @@ class StreamWorker:
         reporter: StreamReporter,
         settings: StreamSettings,
         gate: Callable[[], bool] | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.record = record
+        # Where the events' images go (None: none are kept, the events carry null).
+        self.images = images
         # In a fleet: whether the agent's lease still lets it read (checked per frame, in the
         # decoding thread). A process frozen past its lease reads no frame once it wakes, even
         # before its loop has noticed the fence and stopped this worker.
@@ -210,7 +215,18 @@ class StreamWorker:
                 await asyncio.to_thread(source.close)
             for name, analytic, state, _infer in states:
                 for event in analytic.stop(state):
+                    await self._with_images(event)
                     self.reporter.publish(record, {name: event})
+
+    async def _with_images(self, event: Event) -> None:
+        """The event's image requests become URLs (encoded on the image store's threads, only
+        for events that carry one), before anyone sees the event: watchers and callbacks alike."""
+        if not has_images(event):
+            return
+        if self.images is None:
+            strip_images(event)
+            return
+        await resolve_images(event, self.images, self.record.account_id, self.record.stream_id)
 
     def _open(self, source: VideoSource) -> None:
         source.open()
@@ -311,6 +327,8 @@ class StreamWorker:
         if previous is not None:
             await _settled(previous)  # an analytic that did not infer may finish first
         for result in results:
+            for event in result.values():
+                await self._with_images(event)
             self.reporter.publish(record, result)
         record.statistics.frames_processed += 1
         record.statistics.frame_age = time.monotonic() - frame.decoded_at

@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 from lva_common.errors import BAD_QUERY, CONFLICT, INTERNAL, OBJECT_NOT_FOUND, LunaError, invalid
 from lva_common.ids import canonical_uuid, query_uuid
 from lva_core.analytics.base import Analytic
+from lva_core.delivery.callbacks import PARAMETER, callback_path, check_hosts, discover_sinks
+from lva_core.delivery.factory import open_outbox
+from lva_core.delivery.service import Delivery, FindStream
+from lva_core.delivery.settings import DeliverySettings
 from lva_core.events.bus import EventBus
 from lva_core.events.messages import StreamEvent
 from lva_core.images.store import ImageStore
@@ -99,11 +103,26 @@ class StreamManager:
         self.agent_id = ""
         # The workers' per-frame check (a fleet's lease); None: a single core always may read.
         self.gate: Callable[[], bool] | None = None
+        # Outbound events: every analytic's callbacks, through the store's outbox.
+        self.sinks = discover_sinks(config)
+        self.delivery = Delivery(
+            open_outbox(self.store), self.sinks, DeliverySettings.from_config(config), self._find_stream()
+        )
+
+    def _find_stream(self) -> FindStream:
+        """How delivery finds a stream by id: this registry (a fleet reads the shared store)."""
+
+        async def find(stream_id: str) -> StreamRecord | None:
+            return self.records.get(stream_id)
+
+        return find
 
     # ------------------------------------------------------------------ the workers' reporter
 
     def publish(self, record: StreamRecord, results: Mapping[str, Any]) -> None:
         self.bus.publish(record.stream_id, StreamEvent.of(record, results))
+        for analytic, event in results.items():
+            self.delivery.submit(record, analytic, event)
 
     def set_status(self, record: StreamRecord, status: Status, error: str | None) -> None:
         if record.status is status and record.error == error:
@@ -123,10 +142,10 @@ class StreamManager:
         analytics = []
         for spec in record.analytics:
             analytic = self.catalogue[spec.name]
-            analytics.append(
-                BoundAnalytic(spec.name, analytic, spec.parameters, self.router.infer_for(analytic))
-            )
-        worker = StreamWorker(record, analytics, self, self.settings, self.gate)
+            # Callbacks are the engine's: the analytic gets only its own parameters.
+            own = {k: v for k, v in spec.parameters.items() if k != PARAMETER}
+            analytics.append(BoundAnalytic(spec.name, analytic, own, self.router.infer_for(analytic)))
+        worker = StreamWorker(record, analytics, self, self.settings, self.gate, self.images)
         self.workers[record.stream_id] = worker
         worker.start()
 
@@ -137,6 +156,7 @@ class StreamManager:
 
     async def create(self, spec: StreamSpec) -> StreamRecord:
         record = self._new_record(spec)
+        await self._check_callback_hosts(record)
         # Committed before the API answers: a stream the user was told exists survives a crash.
         await self._persist(self.store.insert(record))
         self._created(record)
@@ -164,11 +184,21 @@ class StreamManager:
             name=spec.name,
             description=spec.description,
             data=validate_data(spec.data, list(self.settings.allowed_dirs)),
-            analytics=validate_analytics(spec.analytics, self.catalogue),
+            analytics=validate_analytics(spec.analytics, self.catalogue, self.sinks),
             autorestart=validate_autorestart(spec.autorestart),
             status=status,
         )
         return record
+
+    async def _check_callback_hosts(self, record: StreamRecord) -> None:
+        """A callback's host that does not resolve is refused now (400), not failed on later."""
+        callbacks = [
+            (callback_path(i, j), callback)
+            for i, spec in enumerate(record.analytics)
+            for j, callback in enumerate(spec.parameters.get(PARAMETER) or ())
+        ]
+        if callbacks:
+            await check_hosts(callbacks, self.sinks)
 
     async def locate(self, stream_id: str, account_id: str = "") -> Located:
         """The stream (LunaError 12012/404 as in get) and where it runs: here, on a single core."""
@@ -220,6 +250,7 @@ class StreamManager:
         await self._persist(self.store.delete(stream_id))  # first: a failed delete changes nothing
         await self._stop_worker(stream_id)
         del self.records[stream_id]
+        await self.delivery.forget(stream_id)
         self.bus.close_stream(stream_id, StreamEvent(Status.STOP, "stream deleted"))
         log.info("stream %s deleted", stream_id)
 
@@ -228,9 +259,15 @@ class StreamManager:
         core keeps them running until close()."""
         return None
 
+    async def start_delivery(self) -> None:
+        """Lanes for what the outbox still holds (a previous run's undelivered events)."""
+        await self.delivery.start()
+
     async def close(self) -> None:
         for stream_id in list(self.workers):
             await self._stop_worker(stream_id)
+        # After the workers (their last events are in the outbox), before the store closes.
+        await self.delivery.close()
         # After the workers: their last status changes are written before the file closes.
         await self.store.close()
 

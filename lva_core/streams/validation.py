@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from lva_common.errors import invalid
 from lva_common.ids import canonical_uuid
 from lva_core.analytics.base import Analytic
+from lva_core.delivery.callbacks import PARAMETER, split_callbacks, validate_callbacks
+from lva_core.delivery.sinks.base import SinkType
 from lva_core.pipeline.source.errors import SourceError
 from lva_core.pipeline.source.reference import is_network, validate_reference
 from lva_core.streams.spec import AnalyticSpec, Autorestart, SourceData
@@ -20,6 +22,9 @@ DEFAULT_ATTEMPTS = 10
 # list answer 2.3 MB. Generous for people, small for every list and event.
 MAX_NAME = 256
 MAX_DESCRIPTION = 4096
+# LUNA's names of analytics this agent calls otherwise: a stream created with one is stored
+# (and shown) under this agent's name.
+ANALYTIC_ALIASES = {"people_count": "people_counter"}
 
 
 def check_text(value: str, path: str, limit: int) -> None:
@@ -82,18 +87,29 @@ def validate_data(data: SourceData, allowed_dirs: list[Path] | None) -> SourceDa
 
 
 def validate_analytics(
-    requested: list[AnalyticSpec] | tuple[AnalyticSpec, ...], catalogue: Mapping[str, Analytic]
+    requested: list[AnalyticSpec] | tuple[AnalyticSpec, ...],
+    catalogue: Mapping[str, Analytic],
+    sinks: Mapping[str, SinkType] | None = None,
 ) -> list[AnalyticSpec]:
+    """The analytics with validated parameters; ``callbacks`` (the engine's, on every analytic)
+    are validated against ``sinks`` and kept beside the analytic's own parameters."""
     specs: list[AnalyticSpec] = []
     for index, config in enumerate(requested):
         path = f"analytics[{index}]"
-        analytic = catalogue.get(config.name)
+        name = ANALYTIC_ALIASES.get(config.name, config.name) if config.name not in catalogue else config.name
+        analytic = catalogue.get(name)
         if analytic is None:
             known = ", ".join(sorted(catalogue)) or "none"
             raise invalid(f"{path}.analytic_name", f"unknown analytic {config.name!r} (known: {known})")
-        if any(spec.name == config.name for spec in specs):
-            raise invalid(f"{path}.analytic_name", f"{config.name!r} is listed twice")
-        specs.append(AnalyticSpec(config.name, analytic.validate(config.parameters, f"{path}.parameters")))
+        if any(spec.name == name for spec in specs):
+            raise invalid(f"{path}.analytic_name", f"{name!r} is listed twice")
+        own, callbacks = split_callbacks(config.parameters)
+        parameters = analytic.validate(own, f"{path}.parameters")
+        if callbacks is not None:
+            checked = validate_callbacks(callbacks, sinks or {}, f"{path}.parameters.{PARAMETER}")
+            if checked:
+                parameters[PARAMETER] = checked
+        specs.append(AnalyticSpec(name, parameters))
     return specs
 
 

@@ -152,7 +152,7 @@ async def test_status_changes_are_kept_in_order_and_a_delete_is_final(tmp_path: 
 async def test_a_new_file_has_the_schema_version_its_mode_and_no_wal_after_close(tmp_path: Path) -> None:
     path = tmp_path / "deeper" / "s.sqlite3"  # missing directories are created
     store = StreamStore(str(path))
-    assert store.persistent and store.schema_version() == SCHEMA_VERSION == 1
+    assert store.persistent and store.schema_version() == SCHEMA_VERSION == 2
     await store.insert(_record())
     await store.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -169,15 +169,36 @@ async def test_an_older_schema_is_migrated_and_a_newer_one_refused(
     store = StreamStore(str(path))
     await store.insert(_record())
     await store.close()
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(
+        store_module, "MIGRATIONS", {**store_module.MIGRATIONS, 2: ["ALTER TABLE streams ADD COLUMN note TEXT"]}
+    )
+    upgraded = StreamStore(str(path))
+    assert upgraded.schema_version() == 3
+    assert [r.stream_id for r in upgraded.load()] == [_record().stream_id]
+    await upgraded.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert "note" in [row[1] for row in db.execute("PRAGMA table_info(streams)")]
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_module, "MIGRATIONS", {1: ["ALTER TABLE streams ADD COLUMN note TEXT"]})
+    with pytest.raises(StoreError, match="schema version 3, written by a newer agent"):
+        StreamStore(str(path))
+
+
+async def test_a_version_1_file_gains_the_outbox(tmp_path: Path) -> None:
+    """A file written before events went out (schema 1: streams only) keeps its streams."""
+    path = tmp_path / "s.sqlite3"
+    store = StreamStore(str(path))
+    await store.insert(_record())
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE outbox")
+        db.execute("PRAGMA user_version = 1")
     upgraded = StreamStore(str(path))
     assert upgraded.schema_version() == 2
     assert [r.stream_id for r in upgraded.load()] == [_record().stream_id]
     await upgraded.close()
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
-    with pytest.raises(StoreError, match="schema version 2, written by a newer agent"):
-        StreamStore(str(path))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
 
 
 async def test_unusable_files_fail_with_a_clear_error(tmp_path: Path) -> None:

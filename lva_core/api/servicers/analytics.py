@@ -10,12 +10,21 @@ from google.protobuf import struct_pb2
 
 from lva.v1 import analytics_pb2, analytics_pb2_grpc
 from lva_core.analytics.base import Analytic
+from lva_core.delivery.callbacks import with_callbacks
+from lva_core.delivery.sinks.base import SinkType
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, catalogue: Mapping[str, Analytic], models: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        catalogue: Mapping[str, Analytic],
+        models: Mapping[str, Any],
+        sinks: Mapping[str, SinkType] | None = None,
+    ) -> None:
+        # The sink types whose callbacks every analytic takes (the engine's parameter).
+        self.sinks = dict(sinks or {})
         self._catalogue = catalogue
         self._models = models
 
@@ -25,7 +34,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         analytics = []
         for name, analytic in sorted(self._catalogue.items()):
             schema = struct_pb2.Struct()
-            schema.update(analytic.parameters_schema())
+            schema.update(with_callbacks(analytic.parameters_schema(), self.sinks))
             roles = self._models.get(name) or {}
             models = [str(roles[role]) for role in analytic.roles if role in roles]
             analytics.append(

@@ -20,6 +20,7 @@ from lva_core.api.follow import Peers, follow, is_relayed
 from lva_core.api.ratelimit import RateLimiter
 from lva_core.events.messages import StreamEvent
 from lva_core.streams.manager import StreamManager
+from lva_core.streams.record import StreamRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -46,6 +47,10 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
         # A fleet's agent: the other agents, for live statistics and watches (api/follow.py).
         self._peers = peers
         self.own_endpoint = own_endpoint  # set once the agent knows its endpoint
+
+    def _shown(self, record: StreamRecord) -> streams_pb2.Stream:
+        """The stream with its callbacks' delivery statistics, as this core counts them."""
+        return stream_to_proto(record, self._manager.delivery.statistics(record))
 
     async def CreateStream(
         self, request: streams_pb2.CreateStreamRequest, context: Context
@@ -80,14 +85,14 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
             live = await self._peers.get(located.endpoint, request)
             if live is not None and live.stream_id == located.record.stream_id:
                 return streams_pb2.GetStreamResponse(stream=live)
-        return streams_pb2.GetStreamResponse(stream=stream_to_proto(located.record))
+        return streams_pb2.GetStreamResponse(stream=self._shown(located.record))
 
     async def ListStreams(
         self, request: streams_pb2.ListStreamsRequest, context: Context
     ) -> streams_pb2.ListStreamsResponse:
         status = status_from_proto(request.status)
         records, count = await self._manager.list(request.account_id, status, request.page, request.page_size)
-        return streams_pb2.ListStreamsResponse(streams=[stream_to_proto(r) for r in records], count=count)
+        return streams_pb2.ListStreamsResponse(streams=[self._shown(r) for r in records], count=count)
 
     async def UpdateStream(
         self, request: streams_pb2.UpdateStreamRequest, context: Context
@@ -96,7 +101,7 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
         if target is None:
             raise invalid("status", "is required: pause, or pending to resume")
         record = await self._manager.update(request.stream_id, target, request.account_id)
-        return streams_pb2.UpdateStreamResponse(stream=stream_to_proto(record))
+        return streams_pb2.UpdateStreamResponse(stream=self._shown(record))
 
     async def DeleteStream(
         self, request: streams_pb2.DeleteStreamRequest, context: Context

@@ -37,8 +37,24 @@ log = logging.getLogger("lva_core.streams.store")
 T = TypeVar("T")
 
 # PRAGMA user_version of the file. A newer core migrates older files with MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MEMORY = ":memory:"
+
+# Version 2: the outbox of outbound events (lva_core/delivery/sqlite_outbox.py), one row per
+# event and callback until its receiver accepted it.
+_OUTBOX = [
+    """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id TEXT NOT NULL,
+    callback TEXT NOT NULL,        -- the callback's path: analytics[i].parameters.callbacks[j]
+    event_id TEXT NOT NULL,
+    body BLOB NOT NULL,            -- the envelope as sent
+    created REAL NOT NULL
+)
+""",
+    "CREATE INDEX outbox_lane ON outbox (stream_id, callback, seq)",
+]
 
 _SCHEMA = """
 CREATE TABLE streams (
@@ -56,7 +72,7 @@ CREATE TABLE streams (
 )
 """
 # MIGRATIONS[n] turns a version-n file into version n + 1 (in one transaction with the version bump).
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {1: _OUTBOX}
 
 
 class SqliteStreamStore:
@@ -116,7 +132,7 @@ class SqliteStreamStore:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0 and "streams" not in tables:
                 db.execute(_SCHEMA)
-                version = SCHEMA_VERSION
+                version = 1  # then migrated like any version-1 file
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"the stream store {self.path} has schema version {version}, written by a newer "
@@ -165,6 +181,16 @@ class SqliteStreamStore:
     def _run_sync(self, fn: Callable[[], T]) -> T:
         """Start-up and tests: run on the writer thread and wait."""
         return self._writer.submit(fn).result()
+
+    def on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Run ``fn`` with the connection on the writer thread, after every write queued so far.
+
+        For the outbox (lva_core/delivery/sqlite_outbox.py), which shares this file and its one
+        connection: its rows are written in the same order as the streams' statuses.
+        """
+        if self._closed:
+            raise StoreError("the stream store is closed")
+        return self._writer.submit(fn, self._db)
 
     def _write(self, sql: str, params: tuple[Any, ...], durable: bool) -> None:
         db = self._db
