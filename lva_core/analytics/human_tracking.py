@@ -16,6 +16,12 @@ gender are the running means of its per-frame estimates, so they firm up as it i
 
 An event's ``face_detection``, ``time_offset`` and ``frame_number`` describe one frame: the
 current one for start and update, the last one in which the face was seen for end.
+
+With the ``best_shot`` target a track keeps a crop of its best-scoring face so far: the face's
+box with a margin of ``_MARGIN`` of its size on each side, cut from the analysed picture (after
+the stream's rotation and roi crop) and copied only when a detection scores higher than every
+earlier one. Its start and end events carry it as ``best_shot``, an :class:`ImageRequest` that
+the worker stores by ``image_retain_policy`` and replaces by its URL (update events: null).
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.detections import Detections, now_iso, rect
 from lva_core.analytics.tracker import Track, Tracker
 from lva_core.analytics.validation import check_roi, json_path, roi_schema, validate
+from lva_core.images.policy import ImagePolicy, image_policy_schema
+from lva_core.images.request import ImageRequest
 from lva_core.pipeline.frame import Frame
 
 _TIME_EPSILON = 1e-6
 # The face_attributes contract, version 1: GENDER is the probability of the second of its
 # gender_labels, "female,male" (the model refuses to load with other labels).
 _GENDER_LABELS = ("female", "male")
+# A best shot's margin around the face box, as a fraction of the box's width and height.
+_MARGIN = 0.2
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -133,17 +143,26 @@ SCHEMA: dict[str, Any] = {
         },
         "targets": {
             "type": "array",
-            "items": {"enum": ["ags", "attributes"]},
+            "items": {"enum": ["ags", "attributes", "best_shot"]},
             "uniqueItems": True,
             "default": [],
             "description": (
                 "Estimations beyond face detection and tracking. ags (or its synonym attributes): "
                 "age in years and gender, with gender_score, averaged over the frames the track "
-                "was seen on. Without it, age, gender and gender_score are null."
+                "was seen on. Without it, age, gender and gender_score are null. best_shot: the "
+                "start and end events carry best_shot, the URL (/1/images/{image_id}) of a crop "
+                "of the track's best-scoring face so far (its box with a margin, from the "
+                "analysed picture: after the stream's rotation and roi crop), stored by "
+                "image_retain_policy; null on update events, when the core keeps no images or "
+                "could not store it. Without it, events have no best_shot."
             ),
         },
+        "image_retain_policy": image_policy_schema(),
     },
 }
+SCHEMA["properties"]["image_retain_policy"]["description"] += (
+    " With the best_shot target: the image of best_shot, a crop of the face."
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,8 @@ class Settings:
     update_interval: float
     unit: str
     attributes: bool
+    best_shot: bool
+    image_policy: ImagePolicy
 
     @classmethod
     def parse(cls, parameters: Mapping[str, Any]) -> Settings:
@@ -173,6 +194,8 @@ class Settings:
             update_interval=float(policy["update_interval"]),
             unit=str(policy["unit"]),
             attributes=bool({"ags", "attributes"} & set(parameters["targets"])),
+            best_shot="best_shot" in parameters["targets"],
+            image_policy=ImagePolicy.from_parameters(parameters["image_retain_policy"]),
         )
 
 
@@ -191,6 +214,10 @@ class TrackInfo:
     age_sum: float = 0.0
     male_sum: float = 0.0
     estimates: int = 0
+    # The best_shot target: the crop of the best-scoring face so far (its own array: a later,
+    # better one replaces it, never overwrites it), and that face's score.
+    best_shot: np.ndarray[Any, Any] | None = None
+    best_score: float = -1.0
 
 
 @dataclass
@@ -256,6 +283,10 @@ class HumanTracking:
             info.score = round(float(scores[index]), 4)
             info.landmarks = landmarks[index] if landmarks is not None else None
             info.frame_number, info.time_offset = frame.frame_number, frame.time_offset
+            if settings.best_shot and float(scores[index]) > info.best_score:
+                crop = _crop(frame.image, all_boxes[rows[index]])
+                if crop is not None:
+                    info.best_shot, info.best_score = crop, float(scores[index])
         if settings.attributes and seen:
             await self._estimate(frame, state, infer, all_boxes, rows, seen)
         # Tentative tracks dropped by the tracker leave no trace here either.
@@ -352,7 +383,7 @@ class HumanTracking:
             p_male = info.male_sum / info.estimates
             gender = _GENDER_LABELS[1] if p_male >= 0.5 else _GENDER_LABELS[0]
             gender_score = round(max(p_male, 1.0 - p_male), 4)
-        return {
+        event: Event = {
             "event_type": "human_tracking",
             "event_id": str(uuid.uuid4()),
             "stream_id": state.stream_id,
@@ -366,3 +397,21 @@ class HumanTracking:
             "time_offset": info.time_offset,
             "frame_number": info.frame_number,
         }
+        if state.settings.best_shot:
+            shot = info.best_shot if phase != "update" else None
+            # Stored and replaced by its URL by the worker (lva_core/images).
+            event["best_shot"] = ImageRequest(shot, state.settings.image_policy) if shot is not None else None
+        return event
+
+
+def _crop(image: np.ndarray[Any, Any], box: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    """A copy of ``box`` (x1, y1, x2, y2 normalised to ``image``) with a margin of ``_MARGIN``,
+    clipped to the image; None when nothing of it is inside."""
+    height, width = int(image.shape[0]), int(image.shape[1])
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dx, dy = (x2 - x1) * _MARGIN, (y2 - y1) * _MARGIN
+    left, right = max(0, round((x1 - dx) * width)), min(width, round((x2 + dx) * width))
+    top, bottom = max(0, round((y1 - dy) * height)), min(height, round((y2 + dy) * height))
+    if right <= left or bottom <= top:
+        return None
+    return image[top:bottom, left:right].copy()

@@ -13,6 +13,11 @@ that frame's, so that the count always equals the number of coordinates.
 Coordinates are source-frame pixels: the detector's boxes are normalised to ``frame.image``
 (the stream's rotated, ROI-cropped picture), so they are scaled by ``frame.size`` and shifted by
 ``frame.offset``.
+
+With the ``overview`` target an event also carries ``overview.image``: the analysed picture
+(``frame.image``) as an :class:`ImageRequest`, which the worker stores by the stream's
+``image_retain_policy`` and replaces by its URL before the event is published. The request
+holds a reference to the frame's pixels, no copy; only events cost an encode.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import numpy as np
 from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.detections import Detections, now_iso, rect
 from lva_core.analytics.validation import check_roi, json_path, roi_schema, validate
+from lva_core.images.policy import ImagePolicy, image_policy_schema
+from lva_core.images.request import ImageRequest
 from lva_core.pipeline.frame import Frame
 
 # Stream time may come from decoder timestamps: a period of 1 s must not be skipped because a
@@ -121,7 +128,10 @@ SCHEMA: dict[str, Any] = {
             "description": (
                 "What an event carries besides people_count: coordinates adds the detections "
                 "(rect and score) and overview.people_coordinates (box centres); overview adds "
-                "overview.time_offset and overview.frame_number, the frame the event describes."
+                "overview.time_offset and overview.frame_number, the frame the event describes, "
+                "and overview.image, the URL (/1/images/{image_id}) of that frame's picture as "
+                "it was analysed: after the stream's rotation and roi crop, stored by "
+                "image_retain_policy (null when the core keeps no images or could not store it)."
             ),
             "items": {"enum": ["coordinates", "overview"]},
             "uniqueItems": True,
@@ -137,8 +147,13 @@ SCHEMA: dict[str, Any] = {
                 "threshold (0: keep every detection the model returns)."
             ),
         },
+        "image_retain_policy": image_policy_schema(),
     },
 }
+SCHEMA["properties"]["image_retain_policy"]["description"] += (
+    " With the overview target: the image of overview.image, the analysed picture (after the "
+    "stream's rotation and the stream's roi crop; this analytic's own roi only filters people)."
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,7 @@ class Settings:
     coordinates: bool
     overview: bool
     score_threshold: float
+    image_policy: ImagePolicy
 
     @classmethod
     def parse(cls, parameters: Mapping[str, Any]) -> Settings:
@@ -170,6 +186,7 @@ class Settings:
             coordinates="coordinates" in targets,
             overview="overview" in targets,
             score_threshold=float(parameters["score_threshold"]),
+            image_policy=ImagePolicy.from_parameters(parameters["image_retain_policy"]),
         )
 
 
@@ -292,6 +309,8 @@ class PeopleCounter:
         if settings.overview:
             overview["time_offset"] = frame.time_offset
             overview["frame_number"] = frame.frame_number
+            # Encoded and stored by the worker, which puts the URL here (lva_core/images).
+            overview["image"] = ImageRequest(frame.image, settings.image_policy)
         if overview:
             event["overview"] = overview
         if settings.coordinates:

@@ -22,6 +22,8 @@ from lva_core.analytics.human_tracking import HumanTracking
 from lva_core.analytics.people_counter import PeopleCounter
 from lva_core.analytics.tracker import Tracker, greedy_match, iou_matrix
 from lva_core.analytics.validation import check_schema, fill_defaults, validate
+from lva_core.images.policy import ImagePolicy
+from lva_core.images.request import ImageRequest
 from lva_core.pipeline.frame import Frame
 
 K = 8  # rows of the fake detector's outputs
@@ -127,6 +129,7 @@ def test_people_counter_defaults_are_filled() -> None:
         "event_policy": {"trigger": "start", "interval": 1},
         "targets": ["coordinates", "overview"],
         "score_threshold": 0,
+        "image_retain_policy": {"mimetype": "image/jpeg", "quality": 0.9, "max_size": 1280, "ttl": 3600},
     }
 
 
@@ -151,6 +154,7 @@ def test_human_tracking_defaults_are_filled() -> None:
         "max_age": 5,
         "event_policy": {"phases": ["start", "update", "end"], "update_interval": 1, "unit": "second"},
         "targets": [],
+        "image_retain_policy": {"mimetype": "image/jpeg", "quality": 0.9, "max_size": 1280, "ttl": 3600},
     }
 
 
@@ -296,7 +300,11 @@ async def test_people_counter_maps_boxes_to_source_pixels_with_the_stream_roi_of
     assert event["event_type"] == "crowd" and event["stream_id"] == STREAM
     assert event["people_count"] == 1
     assert event["detections"] == [{"rect": {"x": 100, "y": 70, "width": 100, "height": 50}, "score": 0.8765}]
+    image = event["overview"].pop("image")
     assert event["overview"] == {"people_coordinates": [[150, 95]], "time_offset": 0.28, "frame_number": 7}
+    # The analysed picture itself (the stream's roi crop), by reference, with the default policy.
+    assert isinstance(image, ImageRequest) and image.pixels is crop.image
+    assert image.policy == ImagePolicy()
     assert event["event_create_time"].endswith("+00:00")
     assert len(event["event_id"]) == 36
     assert infer.roles() == ["detector"]
@@ -400,6 +408,7 @@ async def test_targets_choose_what_the_event_carries() -> None:
     assert events[0]["people_count"] == 2
 
     events = await PeopleCounter().process(frame(3), counter_state(targets=["overview"]), FakeInfer([crowd]))
+    assert isinstance(events[0]["overview"].pop("image"), ImageRequest)
     assert events[0]["overview"] == {"time_offset": 3.0, "frame_number": 3} and "detections" not in events[0]
 
     events = await PeopleCounter().process(
@@ -608,3 +617,98 @@ async def test_no_faces_no_attributes_call_and_phases_can_be_disabled() -> None:
     )
     assert [e["phase"] for e in events] == ["start"]
     assert HumanTracking().stop(state) == []
+
+
+# ------------------------------------------------------------------ event images
+
+
+def painted(number: int, size: tuple[int, int] = (400, 300)) -> Frame:
+    """A frame whose every pixel is number + 1: a crop tells which frame it was cut from."""
+    width, height = size
+    base = frame(number, size=size)
+    return Frame(
+        stream_id=STREAM,
+        image=np.full((height, width, 3), number + 1, np.uint8),
+        frame_number=number,
+        time_offset=base.time_offset,
+        decoded_at=0.0,
+        source_size=size,
+    )
+
+
+async def test_people_counter_overview_image_is_the_analysed_frame_with_the_policy() -> None:
+    policy = {"mimetype": "image/png", "quality": 0.5, "max_size": 320, "ttl": 2}
+    state = counter_state(image_retain_policy=policy)
+    analysed = painted(4)
+    (event,) = await PeopleCounter().process(analysed, state, FakeInfer([[person(0.5)]]))
+    request = event["overview"]["image"]
+    assert isinstance(request, ImageRequest)
+    assert request.pixels is analysed.image  # a reference, no copy
+    assert request.policy == ImagePolicy("image/png", 0.5, 320, 2.0)
+    # Without the overview target there is no image.
+    state = counter_state(targets=["coordinates"])
+    (event,) = await PeopleCounter().process(painted(4), state, FakeInfer([[person(0.5)]]))
+    assert "image" not in event["overview"]
+
+
+@pytest.mark.parametrize(
+    ("analytic", "parameters"),
+    [
+        (PeopleCounter(), {"image_retain_policy": {"mimetype": "image/gif"}}),
+        (PeopleCounter(), {"image_retain_policy": {"quality": 2}}),
+        (HumanTracking(), {"image_retain_policy": {"ttl": 0}}),
+        (HumanTracking(), {"image_retain_policy": {"max_size": 0}}),
+        (HumanTracking(), {"image_retain_policy": {"size": 10}}),
+    ],
+)
+def test_image_retain_policy_is_validated(analytic: PeopleCounter | HumanTracking, parameters: Any) -> None:
+    error = error_of(analytic, parameters, "analytics[0].parameters")
+    assert error.extra["path"].startswith("analytics[0].parameters.image_retain_policy.")
+
+
+async def test_best_shot_is_the_crop_of_the_best_scoring_face_so_far() -> None:
+    state = tracking_state(
+        targets=["best_shot"],
+        image_retain_policy={"max_size": 64},
+        event_policy={"update_interval": 1, "unit": "frame"},
+    )
+    analytic = HumanTracking()
+    # One face, scores 0.7, 0.95, 0.8, then lost: the end event's shot is frame 1's.
+    script = [[face(0.1, score=0.7)], [face(0.1, score=0.95)], [face(0.1, score=0.8)], [], []]
+    infer = FakeInfer(script)
+    events = []
+    shots = []
+    for number in range(len(script)):
+        events.extend(await analytic.process(painted(number), state, infer))
+        shots.extend(info.best_shot for info in state.tracks.values())
+    assert [e["phase"] for e in events] == ["start", "update", "update", "end"]
+    start, update1, update2, end = events
+    assert isinstance(start["best_shot"], ImageRequest) and isinstance(end["best_shot"], ImageRequest)
+    assert update1["best_shot"] is None and update2["best_shot"] is None
+    assert start["best_shot"].policy == ImagePolicy(max_size=64)
+    # The box (0.1, 0.2)-(0.2, 0.333) of 400x300 is 40x40 pixels; a margin of 20 % each side.
+    assert start["best_shot"].pixels.shape == (56, 56, 3)
+    assert (start["best_shot"].pixels == 1).all()  # cut from frame 0, and never overwritten
+    assert (end["best_shot"].pixels == 2).all()  # frame 1 scored best
+    # Copied only when the score improved: frame 2's weaker face kept frame 1's array.
+    assert shots[1] is shots[2] and shots[0] is not shots[1]
+    assert not np.shares_memory(shots[1], painted(1).image)
+
+
+async def test_best_shot_at_the_edge_is_clipped_and_stop_carries_it() -> None:
+    state = tracking_state(targets=["best_shot", "ags"], event_policy={"phases": ["end"]})
+    analytic = HumanTracking()
+    infer = FakeInfer([[face(0.0, y1=0.0)]])
+    assert await analytic.process(painted(0), state, infer) == []
+    (end,) = analytic.stop(state)
+    shot = end["best_shot"]
+    assert isinstance(shot, ImageRequest)
+    # 40x40 at the top-left corner: the margin exists only to the right and below.
+    assert shot.pixels.shape == (48, 48, 3) and shot.pixels.flags.c_contiguous
+
+
+async def test_no_best_shot_target_no_best_shot() -> None:
+    state = tracking_state()
+    events, _ = await run_tracking(state, [[face(0.1)]])
+    assert "best_shot" not in events[0]
+    assert all(info.best_shot is None for info in state.tracks.values())
