@@ -9,7 +9,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from lva_common.errors import REGISTRY
 from lva_facade.jsoncodec import declared_bounds, enum_choices, is_repeated, json_name
 from lva_facade.request_id import HEADER, PATTERN
-from lva_facade.routes import Route
+from lva_facade.routes import Route, is_required
 
 _F = FieldDescriptor
 _INTEGER_FORMATS = {
@@ -160,7 +160,12 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
         )
     for field in route.query_fields():
         parameters.append(
-            {"name": json_name(field), "in": "query", "required": False, "schema": schemas.field(field)}
+            {
+                "name": json_name(field),
+                "in": "query",
+                "required": is_required(field),
+                "schema": schemas.field(field),
+            }
         )
     operation: dict[str, Any] = {
         "operationId": method.name,

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
 from lva.v1 import options_pb2
@@ -22,6 +22,12 @@ _PATH_VARIABLE = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_.]*)(?:=[^}]*)?\}")
 _HTTP_VERBS = ("get", "put", "post", "delete", "patch")
 # A response of this type is the HTTP body itself (raw bytes and their content type), not JSON.
 HTTP_BODY = "google.api.HttpBody"
+
+
+def is_required(field: FieldDescriptor) -> bool:
+    """Whether the proto marks ``field`` REQUIRED (``google.api.field_behavior``)."""
+    behaviors = field.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.REQUIRED in behaviors
 
 
 @dataclass(frozen=True)

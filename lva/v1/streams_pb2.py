@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lva.v1 import options_pb2 as lva_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lva/v1/streams.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14lva/v1/options.proto\"Y\n\x03Roi\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\x12\x1d\n\x04mode\x18\x05 \x01(\x0e\x32\x0f.lva.v1.RoiMode\"6\n\x04Rate\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x1e\n\x04unit\x18\x02 \x01(\x0e\x32\x10.lva.v1.RateUnit\"-\n\x0f\x46rameProcessing\x12\x1a\n\x04rate\x18\x01 \x01(\x0b\x32\x0c.lva.v1.Rate\"\xa0\x01\n\nStreamData\x12\x11\n\treference\x18\x01 \x01(\t\x12 \n\x04type\x18\x02 \x01(\x0e\x32\x12.lva.v1.SourceType\x12\x10\n\x08rotation\x18\x03 \x01(\x05\x12\x18\n\x03roi\x18\x04 \x01(\x0b\x32\x0b.lva.v1.Roi\x12\x31\n\x10\x66rame_processing\x18\x05 \x01(\x0b\x32\x17.lva.v1.FrameProcessing\"T\n\x0e\x41nalyticConfig\x12\x15\n\ranalytic_name\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"V\n\x0b\x41utorestart\x12\x19\n\x07restart\x18\x01 \x01(\x05\x42\x08\x92\xc4\x18\x04\x08\x00\x10\x01\x12\x1d\n\rattempt_count\x18\x02 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\x12\r\n\x05\x64\x65lay\x18\x03 \x01(\x01\"\xee\x01\n\x10StreamStatistics\x12\x16\n\x0e\x66rames_decoded\x18\x01 \x01(\x04\x12\x18\n\x10\x66rames_processed\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x03 \x01(\x04\x12\x12\n\ndecode_fps\x18\x04 \x01(\x01\x12\x11\n\tframe_age\x18\x05 \x01(\x01\x12\x12\n\nreconnects\x18\x06 \x01(\x04\x12\x17\n\nlast_error\x18\x07 \x01(\tH\x00\x88\x01\x01\x12-\n\tcallbacks\x18\x08 \x03(\x0b\x32\x1a.lva.v1.CallbackStatisticsB\r\n\x0b_last_error\"\xb1\x01\n\x12\x43\x61llbackStatistics\x12\x10\n\x08\x63\x61llback\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_last_error\"\xb4\x03\n\x06Stream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12 \n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x12.lva.v1.StreamData\x12)\n\tanalytics\x18\x06 \x03(\x0b\x32\x16.lva.v1.AnalyticConfig\x12(\n\x0b\x61utorestart\x18\x07 \x01(\x0b\x32\x13.lva.v1.Autorestart\x12$\n\x06status\x18\x08 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\x05\x65rror\x18\t \x01(\tH\x00\x88\x01\x01\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_update_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\nstatistics\x18\x0c \x01(\x0b\x32\x18.lva.v1.StreamStatistics\x12\x10\n\x08\x61gent_id\x18\r \x01(\tB\x08\n\x06_error\"\xe9\x01\n\x13\x43reateStreamRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12 \n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x12.lva.v1.StreamData\x12)\n\tanalytics\x18\x05 \x03(\x0b\x32\x16.lva.v1.AnalyticConfig\x12(\n\x0b\x61utorestart\x18\x06 \x01(\x0b\x32\x13.lva.v1.Autorestart\x12$\n\x06status\x18\x07 \x01(\x0e\x32\x14.lva.v1.StreamStatus\"6\n\x14\x43reateStreamResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"9\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"3\n\x11GetStreamResponse\x12\x1e\n\x06stream\x18\x01 \x01(\x0b\x32\x0e.lva.v1.Stream\"\x7f\n\x12ListStreamsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x14\n\x04page\x18\x03 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\x12\x19\n\tpage_size\x18\x04 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\"E\n\x13ListStreamsResponse\x12\x1f\n\x07streams\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Stream\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"b\n\x13UpdateStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\naccount_id\x18\x03 \x01(\t\"6\n\x14UpdateStreamResponse\x12\x1e\n\x06stream\x18\x01 \x01(\x0b\x32\x0e.lva.v1.Stream\"<\n\x13\x44\x65leteStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteStreamResponse\";\n\x12WatchStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xab\x01\n\x13WatchStreamResponse\x12+\n\rstream_status\x18\x01 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\x05\x65rror\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x32\n\x11\x61nalytics_results\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rlost_messages\x18\x04 \x01(\x04\x42\x08\n\x06_error*\xe6\x01\n\x0cStreamStatus\x12\x1d\n\x19STREAM_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAM_STATUS_PENDING\x10\x01\x12\x1d\n\x19STREAM_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13STREAM_STATUS_PAUSE\x10\x03\x12\x19\n\x15STREAM_STATUS_RESTART\x10\x04\x12\x16\n\x12STREAM_STATUS_DONE\x10\x05\x12\x19\n\x15STREAM_STATUS_FAILURE\x10\x06\x12\x16\n\x12STREAM_STATUS_STOP\x10\x07*\\\n\nSourceType\x12\x1b\n\x17SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SOURCE_TYPE_STREAM\x10\x01\x12\x19\n\x15SOURCE_TYPE_VIDEOFILE\x10\x02*K\n\x07RoiMode\x12\x18\n\x14ROI_MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROI_MODE_ABS\x10\x01\x12\x14\n\x10ROI_MODE_PERCENT\x10\x02*P\n\x08RateUnit\x12\x19\n\x15RATE_UNIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fRATE_UNIT_FRAME\x10\x01\x12\x14\n\x10RATE_UNIT_SECOND\x10\x02\x32\xa9\x06\n\x0eStreamsService\x12\x7f\n\x0c\x43reateStream\x12\x1b.lva.v1.CreateStreamRequest\x1a\x1c.lva.v1.CreateStreamResponse\"4\x8a\xc4\x18\x1b\x08\xc9\x01\"\rcreate stream*\x07streams\x82\xd3\xe4\x93\x02\x0f\"\n/1/streams:\x01*\x12\x81\x01\n\tGetStream\x12\x18.lva.v1.GetStreamRequest\x1a\x19.lva.v1.GetStreamResponse\"?\x8a\xc4\x18\x15\"\nget stream*\x07streams\x82\xd3\xe4\x93\x02 \x12\x16/1/streams/{stream_id}b\x06stream\x12u\n\x0bListStreams\x12\x1a.lva.v1.ListStreamsRequest\x1a\x1b.lva.v1.ListStreamsResponse\"-\x8a\xc4\x18\x17\"\x0clist streams*\x07streams\x82\xd3\xe4\x93\x02\x0c\x12\n/1/streams\x12\x99\x01\n\x0cUpdateStream\x12\x1b.lva.v1.UpdateStreamRequest\x1a\x1c.lva.v1.UpdateStreamResponse\"N\x8a\xc4\x18!\"\x16pause or resume stream*\x07streams\x82\xd3\xe4\x93\x02#2\x16/1/streams/{stream_id}:\x01*b\x06stream\x12\x88\x01\n\x0c\x44\x65leteStream\x12\x1b.lva.v1.DeleteStreamRequest\x1a\x1c.lva.v1.DeleteStreamResponse\"=\x8a\xc4\x18\x1b\x08\xcc\x01\"\rdelete stream*\x07streams\x82\xd3\xe4\x93\x02\x18*\x16/1/streams/{stream_id}\x12t\n\x0bWatchStream\x12\x1a.lva.v1.WatchStreamRequest\x1a\x1b.lva.v1.WatchStreamResponse\"*\x8a\xc4\x18\x19\"\x13ws events handshake*\x02ws\x82\xd3\xe4\x93\x02\x07\x12\x05/1/ws0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lva/v1/streams.proto\x12\x06lva.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14lva/v1/options.proto\"Y\n\x03Roi\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\x12\x1d\n\x04mode\x18\x05 \x01(\x0e\x32\x0f.lva.v1.RoiMode\"6\n\x04Rate\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x1e\n\x04unit\x18\x02 \x01(\x0e\x32\x10.lva.v1.RateUnit\"-\n\x0f\x46rameProcessing\x12\x1a\n\x04rate\x18\x01 \x01(\x0b\x32\x0c.lva.v1.Rate\"\xa0\x01\n\nStreamData\x12\x11\n\treference\x18\x01 \x01(\t\x12 \n\x04type\x18\x02 \x01(\x0e\x32\x12.lva.v1.SourceType\x12\x10\n\x08rotation\x18\x03 \x01(\x05\x12\x18\n\x03roi\x18\x04 \x01(\x0b\x32\x0b.lva.v1.Roi\x12\x31\n\x10\x66rame_processing\x18\x05 \x01(\x0b\x32\x17.lva.v1.FrameProcessing\"T\n\x0e\x41nalyticConfig\x12\x15\n\ranalytic_name\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"V\n\x0b\x41utorestart\x12\x19\n\x07restart\x18\x01 \x01(\x05\x42\x08\x92\xc4\x18\x04\x08\x00\x10\x01\x12\x1d\n\rattempt_count\x18\x02 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\x12\r\n\x05\x64\x65lay\x18\x03 \x01(\x01\"\xee\x01\n\x10StreamStatistics\x12\x16\n\x0e\x66rames_decoded\x18\x01 \x01(\x04\x12\x18\n\x10\x66rames_processed\x18\x02 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x03 \x01(\x04\x12\x12\n\ndecode_fps\x18\x04 \x01(\x01\x12\x11\n\tframe_age\x18\x05 \x01(\x01\x12\x12\n\nreconnects\x18\x06 \x01(\x04\x12\x17\n\nlast_error\x18\x07 \x01(\tH\x00\x88\x01\x01\x12-\n\tcallbacks\x18\x08 \x03(\x0b\x32\x1a.lva.v1.CallbackStatisticsB\r\n\x0b_last_error\"\xb1\x01\n\x12\x43\x61llbackStatistics\x12\x10\n\x08\x63\x61llback\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x11\n\tdelivered\x18\x04 \x01(\x04\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_last_error\"\xb4\x03\n\x06Stream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12 \n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x12.lva.v1.StreamData\x12)\n\tanalytics\x18\x06 \x03(\x0b\x32\x16.lva.v1.AnalyticConfig\x12(\n\x0b\x61utorestart\x18\x07 \x01(\x0b\x32\x13.lva.v1.Autorestart\x12$\n\x06status\x18\x08 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\x05\x65rror\x18\t \x01(\tH\x00\x88\x01\x01\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_update_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\nstatistics\x18\x0c \x01(\x0b\x32\x18.lva.v1.StreamStatistics\x12\x10\n\x08\x61gent_id\x18\r \x01(\tB\x08\n\x06_error\"\xe9\x01\n\x13\x43reateStreamRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12 \n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x12.lva.v1.StreamData\x12)\n\tanalytics\x18\x05 \x03(\x0b\x32\x16.lva.v1.AnalyticConfig\x12(\n\x0b\x61utorestart\x18\x06 \x01(\x0b\x32\x13.lva.v1.Autorestart\x12$\n\x06status\x18\x07 \x01(\x0e\x32\x14.lva.v1.StreamStatus\"6\n\x14\x43reateStreamResponse\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"9\n\x10GetStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"3\n\x11GetStreamResponse\x12\x1e\n\x06stream\x18\x01 \x01(\x0b\x32\x0e.lva.v1.Stream\"\x7f\n\x12ListStreamsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x14\n\x04page\x18\x03 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\x12\x19\n\tpage_size\x18\x04 \x01(\x05\x42\x06\x92\xc4\x18\x02\x08\x00\"E\n\x13ListStreamsResponse\x12\x1f\n\x07streams\x18\x01 \x03(\x0b\x32\x0e.lva.v1.Stream\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"b\n\x13UpdateStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\naccount_id\x18\x03 \x01(\t\"6\n\x14UpdateStreamResponse\x12\x1e\n\x06stream\x18\x01 \x01(\x0b\x32\x0e.lva.v1.Stream\"<\n\x13\x44\x65leteStreamRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteStreamResponse\"A\n\x12WatchStreamRequest\x12\x17\n\tstream_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xab\x01\n\x13WatchStreamResponse\x12+\n\rstream_status\x18\x01 \x01(\x0e\x32\x14.lva.v1.StreamStatus\x12\x12\n\x05\x65rror\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x32\n\x11\x61nalytics_results\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rlost_messages\x18\x04 \x01(\x04\x42\x08\n\x06_error*\xe6\x01\n\x0cStreamStatus\x12\x1d\n\x19STREAM_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15STREAM_STATUS_PENDING\x10\x01\x12\x1d\n\x19STREAM_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13STREAM_STATUS_PAUSE\x10\x03\x12\x19\n\x15STREAM_STATUS_RESTART\x10\x04\x12\x16\n\x12STREAM_STATUS_DONE\x10\x05\x12\x19\n\x15STREAM_STATUS_FAILURE\x10\x06\x12\x16\n\x12STREAM_STATUS_STOP\x10\x07*\\\n\nSourceType\x12\x1b\n\x17SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SOURCE_TYPE_STREAM\x10\x01\x12\x19\n\x15SOURCE_TYPE_VIDEOFILE\x10\x02*K\n\x07RoiMode\x12\x18\n\x14ROI_MODE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROI_MODE_ABS\x10\x01\x12\x14\n\x10ROI_MODE_PERCENT\x10\x02*P\n\x08RateUnit\x12\x19\n\x15RATE_UNIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fRATE_UNIT_FRAME\x10\x01\x12\x14\n\x10RATE_UNIT_SECOND\x10\x02\x32\xa9\x06\n\x0eStreamsService\x12\x7f\n\x0c\x43reateStream\x12\x1b.lva.v1.CreateStreamRequest\x1a\x1c.lva.v1.CreateStreamResponse\"4\x8a\xc4\x18\x1b\x08\xc9\x01\"\rcreate stream*\x07streams\x82\xd3\xe4\x93\x02\x0f\"\n/1/streams:\x01*\x12\x81\x01\n\tGetStream\x12\x18.lva.v1.GetStreamRequest\x1a\x19.lva.v1.GetStreamResponse\"?\x8a\xc4\x18\x15\"\nget stream*\x07streams\x82\xd3\xe4\x93\x02 \x12\x16/1/streams/{stream_id}b\x06stream\x12u\n\x0bListStreams\x12\x1a.lva.v1.ListStreamsRequest\x1a\x1b.lva.v1.ListStreamsResponse\"-\x8a\xc4\x18\x17\"\x0clist streams*\x07streams\x82\xd3\xe4\x93\x02\x0c\x12\n/1/streams\x12\x99\x01\n\x0cUpdateStream\x12\x1b.lva.v1.UpdateStreamRequest\x1a\x1c.lva.v1.UpdateStreamResponse\"N\x8a\xc4\x18!\"\x16pause or resume stream*\x07streams\x82\xd3\xe4\x93\x02#2\x16/1/streams/{stream_id}:\x01*b\x06stream\x12\x88\x01\n\x0c\x44\x65leteStream\x12\x1b.lva.v1.DeleteStreamRequest\x1a\x1c.lva.v1.DeleteStreamResponse\"=\x8a\xc4\x18\x1b\x08\xcc\x01\"\rdelete stream*\x07streams\x82\xd3\xe4\x93\x02\x18*\x16/1/streams/{stream_id}\x12t\n\x0bWatchStream\x12\x1a.lva.v1.WatchStreamRequest\x1a\x1b.lva.v1.WatchStreamResponse\"*\x8a\xc4\x18\x19\"\x13ws events handshake*\x02ws\x82\xd3\xe4\x93\x02\x07\x12\x05/1/ws0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSTREAMSREQUEST'].fields_by_name['page']._serialized_options = b'\222\304\030\002\010\000'
   _globals['_LISTSTREAMSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTSTREAMSREQUEST'].fields_by_name['page_size']._serialized_options = b'\222\304\030\002\010\000'
+  _globals['_WATCHSTREAMREQUEST'].fields_by_name['stream_id']._loaded_options = None
+  _globals['_WATCHSTREAMREQUEST'].fields_by_name['stream_id']._serialized_options = b'\342A\001\002'
   _globals['_STREAMSSERVICE'].methods_by_name['CreateStream']._loaded_options = None
   _globals['_STREAMSSERVICE'].methods_by_name['CreateStream']._serialized_options = b'\212\304\030\033\010\311\001\"\rcreate stream*\007streams\202\323\344\223\002\017\"\n/1/streams:\001*'
   _globals['_STREAMSSERVICE'].methods_by_name['GetStream']._loaded_options = None
@@ -55,56 +58,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMSSERVICE'].methods_by_name['DeleteStream']._serialized_options = b'\212\304\030\033\010\314\001\"\rdelete stream*\007streams\202\323\344\223\002\030*\026/1/streams/{stream_id}'
   _globals['_STREAMSSERVICE'].methods_by_name['WatchStream']._loaded_options = None
   _globals['_STREAMSSERVICE'].methods_by_name['WatchStream']._serialized_options = b'\212\304\030\031\"\023ws events handshake*\002ws\202\323\344\223\002\007\022\005/1/ws'
-  _globals['_STREAMSTATUS']._serialized_start=2620
-  _globals['_STREAMSTATUS']._serialized_end=2850
-  _globals['_SOURCETYPE']._serialized_start=2852
-  _globals['_SOURCETYPE']._serialized_end=2944
-  _globals['_ROIMODE']._serialized_start=2946
-  _globals['_ROIMODE']._serialized_end=3021
-  _globals['_RATEUNIT']._serialized_start=3023
-  _globals['_RATEUNIT']._serialized_end=3103
-  _globals['_ROI']._serialized_start=147
-  _globals['_ROI']._serialized_end=236
-  _globals['_RATE']._serialized_start=238
-  _globals['_RATE']._serialized_end=292
-  _globals['_FRAMEPROCESSING']._serialized_start=294
-  _globals['_FRAMEPROCESSING']._serialized_end=339
-  _globals['_STREAMDATA']._serialized_start=342
-  _globals['_STREAMDATA']._serialized_end=502
-  _globals['_ANALYTICCONFIG']._serialized_start=504
-  _globals['_ANALYTICCONFIG']._serialized_end=588
-  _globals['_AUTORESTART']._serialized_start=590
-  _globals['_AUTORESTART']._serialized_end=676
-  _globals['_STREAMSTATISTICS']._serialized_start=679
-  _globals['_STREAMSTATISTICS']._serialized_end=917
-  _globals['_CALLBACKSTATISTICS']._serialized_start=920
-  _globals['_CALLBACKSTATISTICS']._serialized_end=1097
-  _globals['_STREAM']._serialized_start=1100
-  _globals['_STREAM']._serialized_end=1536
-  _globals['_CREATESTREAMREQUEST']._serialized_start=1539
-  _globals['_CREATESTREAMREQUEST']._serialized_end=1772
-  _globals['_CREATESTREAMRESPONSE']._serialized_start=1774
-  _globals['_CREATESTREAMRESPONSE']._serialized_end=1828
-  _globals['_GETSTREAMREQUEST']._serialized_start=1830
-  _globals['_GETSTREAMREQUEST']._serialized_end=1887
-  _globals['_GETSTREAMRESPONSE']._serialized_start=1889
-  _globals['_GETSTREAMRESPONSE']._serialized_end=1940
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=1942
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=2069
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=2071
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=2140
-  _globals['_UPDATESTREAMREQUEST']._serialized_start=2142
-  _globals['_UPDATESTREAMREQUEST']._serialized_end=2240
-  _globals['_UPDATESTREAMRESPONSE']._serialized_start=2242
-  _globals['_UPDATESTREAMRESPONSE']._serialized_end=2296
-  _globals['_DELETESTREAMREQUEST']._serialized_start=2298
-  _globals['_DELETESTREAMREQUEST']._serialized_end=2358
-  _globals['_DELETESTREAMRESPONSE']._serialized_start=2360
-  _globals['_DELETESTREAMRESPONSE']._serialized_end=2382
-  _globals['_WATCHSTREAMREQUEST']._serialized_start=2384
-  _globals['_WATCHSTREAMREQUEST']._serialized_end=2443
-  _globals['_WATCHSTREAMRESPONSE']._serialized_start=2446
-  _globals['_WATCHSTREAMRESPONSE']._serialized_end=2617
-  _globals['_STREAMSSERVICE']._serialized_start=3106
-  _globals['_STREAMSSERVICE']._serialized_end=3915
+  _globals['_STREAMSTATUS']._serialized_start=2659
+  _globals['_STREAMSTATUS']._serialized_end=2889
+  _globals['_SOURCETYPE']._serialized_start=2891
+  _globals['_SOURCETYPE']._serialized_end=2983
+  _globals['_ROIMODE']._serialized_start=2985
+  _globals['_ROIMODE']._serialized_end=3060
+  _globals['_RATEUNIT']._serialized_start=3062
+  _globals['_RATEUNIT']._serialized_end=3142
+  _globals['_ROI']._serialized_start=180
+  _globals['_ROI']._serialized_end=269
+  _globals['_RATE']._serialized_start=271
+  _globals['_RATE']._serialized_end=325
+  _globals['_FRAMEPROCESSING']._serialized_start=327
+  _globals['_FRAMEPROCESSING']._serialized_end=372
+  _globals['_STREAMDATA']._serialized_start=375
+  _globals['_STREAMDATA']._serialized_end=535
+  _globals['_ANALYTICCONFIG']._serialized_start=537
+  _globals['_ANALYTICCONFIG']._serialized_end=621
+  _globals['_AUTORESTART']._serialized_start=623
+  _globals['_AUTORESTART']._serialized_end=709
+  _globals['_STREAMSTATISTICS']._serialized_start=712
+  _globals['_STREAMSTATISTICS']._serialized_end=950
+  _globals['_CALLBACKSTATISTICS']._serialized_start=953
+  _globals['_CALLBACKSTATISTICS']._serialized_end=1130
+  _globals['_STREAM']._serialized_start=1133
+  _globals['_STREAM']._serialized_end=1569
+  _globals['_CREATESTREAMREQUEST']._serialized_start=1572
+  _globals['_CREATESTREAMREQUEST']._serialized_end=1805
+  _globals['_CREATESTREAMRESPONSE']._serialized_start=1807
+  _globals['_CREATESTREAMRESPONSE']._serialized_end=1861
+  _globals['_GETSTREAMREQUEST']._serialized_start=1863
+  _globals['_GETSTREAMREQUEST']._serialized_end=1920
+  _globals['_GETSTREAMRESPONSE']._serialized_start=1922
+  _globals['_GETSTREAMRESPONSE']._serialized_end=1973
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=1975
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=2102
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=2104
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=2173
+  _globals['_UPDATESTREAMREQUEST']._serialized_start=2175
+  _globals['_UPDATESTREAMREQUEST']._serialized_end=2273
+  _globals['_UPDATESTREAMRESPONSE']._serialized_start=2275
+  _globals['_UPDATESTREAMRESPONSE']._serialized_end=2329
+  _globals['_DELETESTREAMREQUEST']._serialized_start=2331
+  _globals['_DELETESTREAMREQUEST']._serialized_end=2391
+  _globals['_DELETESTREAMRESPONSE']._serialized_start=2393
+  _globals['_DELETESTREAMRESPONSE']._serialized_end=2415
+  _globals['_WATCHSTREAMREQUEST']._serialized_start=2417
+  _globals['_WATCHSTREAMREQUEST']._serialized_end=2482
+  _globals['_WATCHSTREAMRESPONSE']._serialized_start=2485
+  _globals['_WATCHSTREAMRESPONSE']._serialized_end=2656
+  _globals['_STREAMSSERVICE']._serialized_start=3145
+  _globals['_STREAMSSERVICE']._serialized_end=3954
 # @@protoc_insertion_point(module_scope)

@@ -815,7 +815,7 @@ class WatchStreamRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
-    """Identifier (UUID)."""
+    """Identifier (UUID). Required: /1/ws without it is 400 with 12014."""
     account_id: _builtins.str
     """When set, the stream must belong to this account."""
     def __init__(

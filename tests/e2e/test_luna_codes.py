@@ -185,6 +185,23 @@ async def test_ws_without_stream_id_is_400_12014_before_the_upgrade(
     assert body["detail"] == "Required parameter 'stream_id' not found"
 
 
+async def test_the_openapi_document_marks_exactly_the_required_query_parameters(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """The proto's google.api.field_behavior REQUIRED is what the document says: stream_id of /1/ws."""
+    async with http.get(f"{base_url}/docs/spec", headers={"Accept": "application/x-yaml"}) as resp:
+        spec = yaml.safe_load(await resp.text())
+    required = sorted(
+        (path, parameter["name"])
+        for path, operations in spec["paths"].items()
+        for operation in operations.values()
+        if isinstance(operation, dict)
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "query" and parameter["required"]
+    )
+    assert required == [("/1/ws", "stream_id")]
+
+
 async def test_a_websocket_client_without_stream_id_gets_12014(facade: Service) -> None:
     with pytest.raises(InvalidStatus) as refused:
         async with websockets.connect(f"ws://{facade.address}/1/ws", open_timeout=30):
