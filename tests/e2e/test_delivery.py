@@ -404,3 +404,14 @@ async def test_luna_people_count_is_people_counter(
     assert [a["analytic_name"] for a in stream["analytics"]] == ["people_counter"]
     assert stream["analytics"][0]["parameters"]["probe_count"] == 3
     await delete(session, url, created["stream_id"])
+
+
+async def test_every_analytic_s_schema_shows_the_callbacks(session: aiohttp.ClientSession, url: str) -> None:
+    async with session.get(f"{url}/1/analytics") as resp:
+        catalogue = (await resp.json())["analytics"]
+    assert {"people_counter", "human_tracking", "pipeline_probe"} <= {a["name"] for a in catalogue}
+    for analytic in catalogue:
+        callbacks = analytic["parameters_schema"]["properties"]["callbacks"]
+        assert callbacks["maxItems"] == 10, analytic["name"]
+        types = [branch["properties"]["type"]["const"] for branch in callbacks["items"]["oneOf"]]
+        assert types == ["http", "mqtt"], analytic["name"]
