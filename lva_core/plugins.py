@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-# Entry-point group -> the kind reported by /1/plugins. Analytics are the one kind of plugin the
-# core loads (analytics/registry.py); a group nothing loads would only list dead entries.
-GROUPS = {"lva.analytics": "analytic"}
+# Entry-point group -> the kind reported by /1/plugins: the groups the core loads, analytics
+# (analytics/registry.py) and the sinks of callbacks (delivery/callbacks.py); a group nothing
+# loads would only list dead entries.
+GROUPS = {"lva.analytics": "analytic", "lva.sinks": "sink"}
 
 
 @dataclass(frozen=True)
