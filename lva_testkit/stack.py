@@ -223,6 +223,11 @@ def start_core(
     if not _names_store(env or {}):
         store_path = store or log_dir / f"streams-{uuid.uuid4().hex[:12]}.sqlite3"
         files["LVA_STREAMS__STORE_PATH"] = str(store_path)
+    # Event images in the test's own directory, never the repository's var/images: beside the
+    # store (a restart on it finds them again), or one directory per core (a fleet's agents
+    # each keep their own, as on separate machines).
+    images = store_path.with_suffix(".images") if store_path else log_dir / f"images-{uuid.uuid4().hex[:12]}"
+    files["LVA_IMAGES__PATH"] = str(images)
     extra = {"LVA_CORE__METRICS_PORT": str(metrics_port or 0), **files, **(env or {})}
     full_env = core_env(triton_url, port or 0, **extra)
     service = _spawn("core", [PYTHON, "-m", "lva_core"], log_dir, port or 0, full_env)

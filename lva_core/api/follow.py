@@ -24,8 +24,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 
-from lva.v1 import streams_pb2
+from lva.v1 import images_pb2, streams_pb2
 from lva_common.errors import OBJECT_NOT_FOUND, LunaError
 from lva_core.api.convert import watch_response
 from lva_core.events.messages import StreamEvent
@@ -37,6 +38,8 @@ log = logging.getLogger("lva_core.fleet")
 RELAY_KEY = "lva-relay"
 # How long GetStream waits for the owner's live statistics before it answers with the stored ones.
 STATISTICS_DEADLINE = 0.5
+# How long an agent that lacks an image waits for the others' answers.
+IMAGE_DEADLINE = 2.0
 # How often a watcher re-reads the store while no agent it can reach runs the stream.
 IDLE_POLL = 0.5
 _OPTIONS = [
@@ -85,6 +88,23 @@ class Peers:
             return None
         stream: streams_pb2.Stream = response.stream
         return stream
+
+    async def image(self, endpoint: str, request: images_pb2.GetImageRequest) -> httpbody_pb2.HttpBody | None:
+        """The image from another agent's store, or None (not there, or no answer in time)."""
+        call = self._channel(endpoint).unary_unary(
+            "/lva.v1.ImagesService/GetImage",
+            request_serializer=images_pb2.GetImageRequest.SerializeToString,
+            response_deserializer=httpbody_pb2.HttpBody.FromString,
+        )
+        try:
+            body: httpbody_pb2.HttpBody = await call(
+                request, timeout=IMAGE_DEADLINE, metadata=((RELAY_KEY, "1"),)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                log.debug("image from %s: %s", endpoint, exc.code().name)
+            return None
+        return body
 
     def watch(self, endpoint: str, stream_id: str, account_id: str) -> Any:
         call = self._channel(endpoint).unary_stream(

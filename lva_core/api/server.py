@@ -35,7 +35,7 @@ from lva_core.api.servicers.images import ImagesServicer
 from lva_core.api.servicers.models import ModelsServicer
 from lva_core.api.servicers.streams import StreamsServicer
 from lva_core.events.bus import EventBus
-from lva_core.fleet.directory import AgentDirectory, LocalDirectory
+from lva_core.fleet.directory import AgentDirectory, AgentStatus, LocalDirectory
 from lva_core.fleet.identity import agent_spec
 from lva_core.fleet.lease import FleetConfigError, lease_timing
 from lva_core.images.store import ImageStoreError, open_image_store
@@ -136,7 +136,8 @@ class CoreServer:
         models_pb2_grpc.add_ModelsServiceServicer_to_server(
             ModelsServicer(self.inference.client), self.server
         )
-        images_pb2_grpc.add_ImagesServiceServicer_to_server(ImagesServicer(self.images), self.server)
+        images = ImagesServicer(self.images, self.peers, self._other_agents)
+        images_pb2_grpc.add_ImagesServiceServicer_to_server(images, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [
@@ -176,6 +177,16 @@ class CoreServer:
         # Triton starts in the background: the API answers (and health reports) meanwhile.
         self._triton_start = asyncio.create_task(self._start_triton())
         return self.port
+
+    async def _other_agents(self) -> list[str]:
+        """The endpoints of the fleet's other running agents (for images kept there)."""
+        own = self.streams_servicer.own_endpoint
+        running = (AgentStatus.STARTING, AgentStatus.ALIVE, AgentStatus.DRAINING)
+        return [
+            view.spec.endpoint
+            for view in await self.directory.list()
+            if view.status in running and view.spec.endpoint and view.spec.endpoint != own
+        ]
 
     def _stream_count(self) -> int:
         return len(self.streams.workers)

@@ -263,6 +263,12 @@ async def test_a_failing_receiver_holds_up_neither_frames_nor_other_callbacks(
             run_stream(session, url, delivery_facade, second),
         )
         stream_a, stream_b = await get(session, url, id_a), await get(session, url, id_b)
+        # When both streams are done, the failing receiver's lane is far behind: nothing waited for it.
+        behind = stream_a["statistics"]["callbacks"][0]
+        if failure == "slow":  # one event every 3 s
+            assert behind["delivered"] < len(crowd_a) // 2 and behind["pending"] > 0, behind
+        else:
+            assert behind["delivered"] == 0 and behind["pending"] == len(crowd_a), behind
         # Frames: the stream with the failing receiver analysed every frame the other one did.
         assert stream_a["statistics"]["frames_processed"] == stream_b["statistics"]["frames_processed"]
         assert stream_a["statistics"]["frames_dropped"] == 0
@@ -274,7 +280,6 @@ async def test_a_failing_receiver_holds_up_neither_frames_nor_other_callbacks(
         assert by_path["/b"] == [e["event_id"] for e in crowd_b]
         # Delivery latency to the good receiver while the bad one fails: created -> arrived.
         stats_a = await callback_stats(session, url, id_a)
-        assert stats_a[0]["delivered"] == 0 if failure != "slow" else stats_a[0]["delivered"] <= 2, stats_a
         assert stats_a[1]["delivered"] == len(crowd_a) and stats_a[1]["pending"] == 0, stats_a
         for stream_id in (id_a, id_b):
             await delete(session, url, stream_id)
