@@ -170,7 +170,7 @@ DEFAULTS: dict[str, Any] = {
 _SECRET_WORDS = {
     "password", "passwd", "pwd", "pass", "passphrase",
     "token", "secret", "key", "apikey", "credential", "credentials",
-    "auth", "authorization", "sig", "signature", "session", "sessionid",
+    "auth", "authorization", "sig", "signature", "session", "sessionid", "cookie",
 }  # fmt: skip
 _URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+$")
 

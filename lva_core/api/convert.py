@@ -19,6 +19,7 @@ from lva_common.config import mask_reference, mask_url
 from lva_core.delivery.callbacks import PARAMETER as CALLBACKS
 from lva_core.delivery.callbacks import mask_callbacks
 from lva_core.delivery.lane import LaneStats
+from lva_core.delivery.sinks.base import SinkType
 from lva_core.events.messages import StreamEvent
 from lva_core.streams.record import StreamRecord
 from lva_core.streams.spec import (
@@ -206,9 +207,12 @@ def callback_statistics(path: str, stats: LaneStats, reference: str) -> streams_
 
 
 def stream_to_proto(
-    record: StreamRecord, callbacks: Sequence[tuple[str, LaneStats]] = ()
+    record: StreamRecord,
+    callbacks: Sequence[tuple[str, LaneStats]] = (),
+    sinks: Mapping[str, SinkType] | None = None,
 ) -> streams_pb2.Stream:
-    """The stream as the API shows it; ``callbacks``: its delivery statistics, in order."""
+    """The stream as the API shows it; ``callbacks``: its delivery statistics, in order;
+    ``sinks``: the sink types, whose ``secrets`` fields are masked too."""
     stats = record.statistics
     data = source_data_to_proto(record.data)
     data.reference = mask_url(data.reference)  # credentials never leave the core
@@ -240,7 +244,7 @@ def stream_to_proto(
         parameters = spec.parameters
         if parameters.get(CALLBACKS):
             # A callback's secret, credential headers and URL credentials never leave the core.
-            parameters = {**parameters, CALLBACKS: mask_callbacks(parameters[CALLBACKS])}
+            parameters = {**parameters, CALLBACKS: mask_callbacks(parameters[CALLBACKS], sinks)}
         stream.analytics.add(analytic_name=spec.name, parameters=struct_from(parameters))
     if record.error is not None:
         stream.error = mask_reference(record.error, record.data.reference)

@@ -10,6 +10,8 @@ number of callbacks: the outbox stores these bytes and every retry sends the sam
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,17 +19,22 @@ from typing import Any
 _OUTER = ("event_type", "event_create_time", "event_end_time")
 
 
-def envelope(account_id: str, analytic: str, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The envelope of ``event`` from ``analytic`` of a stream of ``account_id``.
+def envelope(account_id: str, stream_id: str, analytic: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The envelope of ``event`` from ``analytic`` of stream ``stream_id`` of ``account_id``.
+
+    An event that names no ``event_id`` (a plugin's, the probe's) gets one, and one with no
+    time gets now: a receiver's de-duplication and ordering need both.
 
     An event that ends something (a track's ``end``) has an end time: now, when it was made;
     a momentary one (a crowd's start) has none, as in LUNA.
     """
-    created = event.get("event_create_time")
+    created = event.get("event_create_time") or datetime.now(UTC).isoformat()
     ended = event.get("event_end_time")
     if ended is None and event.get("phase") == "end":
         ended = created
     inner = {key: value for key, value in event.items() if key not in _OUTER}
+    inner["event_id"] = str(inner.get("event_id") or uuid.uuid4())
+    inner.setdefault("stream_id", stream_id)
     inner.setdefault("track_id", None)
     inner.setdefault("location", None)
     return {

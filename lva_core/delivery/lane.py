@@ -22,6 +22,10 @@ from lva_core.metrics.instruments import DELIVERY_ATTEMPTS, DELIVERY_LATENCY
 
 log = logging.getLogger("lva_core.delivery")
 
+# The longest one send may take, whatever its sink: the shipped sinks time out on their own
+# (at most 60 s); this keeps a plugin's send that never returns from holding its lane forever.
+SEND_TIMEOUT = 120.0
+
 
 @dataclass
 class LaneStats:
@@ -47,6 +51,7 @@ class LaneRunner:
         self.settings = settings
         self.task: asyncio.Task[None] | None = None
         self.busy = False  # sending or backing off: an event is on its way
+        self.failing = False  # the last attempt failed (last_error stays as history)
         self._wake = asyncio.Event()
         self._claimed = False
 
@@ -140,17 +145,22 @@ class LaneRunner:
         try:
             while True:
                 try:
-                    await self.sink.send(message)
+                    await asyncio.wait_for(self.sink.send(message), SEND_TIMEOUT)
                 except DeliveryError as exc:
                     error = str(exc)
+                except TimeoutError:
+                    error = f"the sink did not return within {SEND_TIMEOUT:g} s"
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a sink's bug must not end the lane
-                    log.exception("callback %s: the sink failed", self.lane.callback)
+                    if attempt == 0:  # the traceback once per event, not once per retry
+                        log.exception("callback %s: the sink failed", self.lane.callback)
                     error = f"{type(exc).__name__}: {exc}"[:300]
                 else:
+                    self.failing = False
                     self._accepted(item, attempt)
                     return True
+                self.failing = True
                 attempt += 1
                 self.stats.failed += 1
                 self.stats.last_error = error

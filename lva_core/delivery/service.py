@@ -76,12 +76,13 @@ class Delivery:
         if not callbacks:
             return
         try:
-            body = encode(envelope(record.account_id, analytic, event))
+            wrapped = envelope(record.account_id, record.stream_id, analytic, event)
+            body = encode(wrapped)
         except (TypeError, ValueError) as exc:
             self.failed_events += 1
             log.error("event of %s not deliverable (%s)", analytic, exc)
             return
-        event_id = str(event.get("event_id") or "")
+        event_id = str(wrapped["event"]["event_id"])
         created = time.time()
         for j, callback in enumerate(callbacks):
             runner = self._runner(record.stream_id, callback_path(index, j), callback)
@@ -194,7 +195,7 @@ class Delivery:
             await asyncio.gather(*self._appends, return_exceptions=True)
         # Polled: lanes have no "idle" event, and this runs once, at shutdown.
         for _ in range(int(self.settings.shutdown_grace / 0.05)):
-            if not any(r.stats.pending and r.stats.last_error is None for r in self.runners.values()):
+            if not any(r.stats.pending and not r.failing for r in self.runners.values()):
                 break
             await asyncio.sleep(0.05)
         for runner in list(self.runners.values()):

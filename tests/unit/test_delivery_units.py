@@ -93,7 +93,7 @@ def test_the_envelope_is_luna_s() -> None:
         "people_count": 2,
         "overview": {"people_coordinates": [[1, 2], [3, 4]], "image": "/1/images/x", "time_offset": 1.5},
     }
-    body = envelope("acc", "people_counter", crowd)
+    body = envelope("acc", "s1", "people_counter", crowd)
     assert body == {
         "event_type": "crowd",
         "account_id": "acc",
@@ -110,10 +110,16 @@ def test_the_envelope_is_luna_s() -> None:
     }
     track_end = {"event_type": "human_tracking", "event_id": "e2", "track_id": "t", "phase": "end",
                  "event_create_time": "T"}  # fmt: skip
-    ended = envelope("", "human_tracking", track_end)
+    ended = envelope("", "s2", "human_tracking", track_end)
     assert (
         ended["event_end_time"] == "T" and ended["event"]["track_id"] == "t" and ended["account_id"] is None
     )
+    assert ended["event"]["stream_id"] == "s2"
+    # A plugin's event with neither id nor time gets both: receivers de-duplicate and order by them.
+    bare = envelope("", "s3", "pipeline_probe", {"mean": 0.5})
+    assert bare["event_type"] == "pipeline_probe" and bare["event"]["mean"] == 0.5
+    assert len(bare["event"]["event_id"]) == 36 and bare["event_create_time"].endswith("+00:00")
+    assert bare["event"]["stream_id"] == "s3"
     assert json.loads(encode(body)) == body
     with pytest.raises(ValueError):
         encode({"x": float("nan")})  # never sent as the non-JSON NaN
@@ -133,6 +139,11 @@ def test_the_envelope_is_luna_s() -> None:
         ),
         ([{"type": "http", "url": "http://h/", "headers": {"bad name": "x"}}], "p[0].headers", ""),
         ([{"type": "http", "url": "http://h/", "extra": 1}], "p[0].extra", "unknown parameter"),
+        (
+            [{"type": "http", "url": "http://u:p@h/", "headers": {"Authorization": "Bearer x"}}],
+            "p[0].headers.Authorization",
+            "cannot be combined with credentials in the URL",
+        ),
         ([{"type": "mqtt", "url": "mqtt://h", "topic": "a/+/b"}], "p[0].topic", "wildcards"),
         ([{"type": "mqtt", "url": "mqtt://h", "topic": "$SYS/x"}], "p[0].topic", "broker's"),
         ([{"type": "mqtt", "url": "mqtt://h/path", "topic": "t"}], "p[0].url", "path or query"),
@@ -158,7 +169,7 @@ def test_good_callbacks_get_their_defaults_and_are_masked_when_shown() -> None:
                 "type": "http",
                 "url": "https://u:pw@h/x",
                 "secret": "k",
-                "headers": {"Authorization": "Bearer t", "X-Site": "a"},
+                "headers": {"X-Api-Key": "t", "X-Site": "a"},
             },
             {"type": "mqtt", "url": "mqtt://user:pw@broker:1884", "topic": "lva/events"},
         ],
@@ -166,11 +177,23 @@ def test_good_callbacks_get_their_defaults_and_are_masked_when_shown() -> None:
         "p",
     )
     assert checked[0]["timeout"] == 5 and checked[1]["qos"] == 1 and checked[1]["timeout"] == 5
-    shown = mask_callbacks(checked)
-    assert shown[0]["secret"] == "***" and shown[0]["headers"] == {"Authorization": "***", "X-Site": "a"}
+    shown = mask_callbacks(checked, SINKS)
+    assert shown[0]["secret"] == "***" and shown[0]["headers"] == {"X-Api-Key": "***", "X-Site": "a"}
     assert shown[0]["url"] == "https://***@h/x" and shown[1]["url"] == "mqtt://***@broker:1884"
     assert checked[0]["secret"] == "k"  # masking copies; what is delivered keeps the secret
     assert SINKS["mqtt"].target(checked[1]) == "mqtt://***@broker:1884 lva/events"
+    # A plugin's own secret fields are masked by name, whatever the name.
+    plugin = mask_callbacks([{"type": "vault", "dsn": "x"}], {"vault": PluginSink()})
+    assert plugin == [{"type": "vault", "dsn": "***"}]
+    assert (
+        mask_callbacks([{"type": "http", "headers": {"Cookie": "session=1"}}])[0]["headers"]["Cookie"]
+        == "***"
+    )
+
+
+class PluginSink:
+    name = "vault"
+    secrets = ("dsn",)
 
 
 async def test_a_host_that_does_not_resolve_is_refused_and_literal_addresses_pass() -> None:

@@ -50,7 +50,7 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
 
     def _shown(self, record: StreamRecord) -> streams_pb2.Stream:
         """The stream with its callbacks' delivery statistics, as this core counts them."""
-        return stream_to_proto(record, self._manager.delivery.statistics(record))
+        return stream_to_proto(record, self._manager.delivery.statistics(record), self._manager.sinks)
 
     async def CreateStream(
         self, request: streams_pb2.CreateStreamRequest, context: Context

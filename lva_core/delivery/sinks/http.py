@@ -129,7 +129,7 @@ class HttpSink:
                 await response.read()  # the connection goes back to the pool only once read
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             # aiohttp's messages quote the URL: mask its credentials.
             raise DeliveryError(f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]) from None
         except asyncio.CancelledError:
@@ -165,6 +165,9 @@ class HttpSinkType:
         for name in callback.get("headers") or {}:
             if str(name).lower() in _RESERVED:
                 raise invalid(f"{path}.headers.{name}", "is set by the agent itself")
+            if str(name).lower() == "authorization" and (parts.username or parts.password):
+                # aiohttp would refuse every request: basic auth from the URL, or this header.
+                raise invalid(f"{path}.headers.{name}", "cannot be combined with credentials in the URL")
 
     def hosts(self, callback: Mapping[str, Any]) -> list[str]:
         host = urlsplit(str(callback["url"])).hostname
