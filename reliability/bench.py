@@ -48,6 +48,10 @@ CORE_ENV = {
     # Churn creates streams far faster than an account may by default.
     "LVA_STREAMS__CREATE_RATE__PER_SECOND": "0",
     "LVA_CORE__HEALTH_TIMEOUT": "2",
+    # The delivery section's outages end within seconds: retried at most a second apart (the
+    # default backoff grows to 30 s), so that its lanes drain quickly after each.
+    "LVA_DELIVERY__INITIAL_BACKOFF": "0.2",
+    "LVA_DELIVERY__MAX_BACKOFF": "1.0",
 }
 FACADE_ENV = {"LVA_FACADE__WS_HEARTBEAT": str(HEARTBEAT_S)}
 
