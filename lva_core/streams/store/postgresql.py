@@ -16,6 +16,10 @@ worker's status write fenced by its owner and generation (a write that changes n
 user's change (create, pause, resume, delete), which a ``LISTEN`` connection hands to
 ``on_change``: low-rate wake-ups, never events.
 
+**The outbox.** Schema 5's ``outbox`` table holds the outbound events on their way to their
+callbacks (lva_core/delivery/postgres_outbox.py), which works on this store's loop (``loop``,
+``connect``) with connections of its own, and is finished when the store closes (``on_close``).
+
 **Threading.** asyncpg runs on an event loop of its own, in a thread of its own: the database's
 latency never waits on the core's loop (frames, batching, the API), and the registry's
 synchronous ``load()`` at start-up works like SQLite's. Writes go through one queue, on one
@@ -48,7 +52,7 @@ log = logging.getLogger("lva_core.streams.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Taken for the migration's transaction only: agents starting together migrate once.
 MIGRATION_LOCK = 0x4C56_414D_4947_5231  # "LVAMIGR1"
 
@@ -117,6 +121,21 @@ MIGRATIONS: dict[int, list[str]] = {
     # The user's generation of a stream: raised by every pause, resume and retry from any core,
     # named by its owner's status writes, which then change nothing (fleet/claims.py).
     3: ["ALTER TABLE streams ADD COLUMN generation bigint NOT NULL DEFAULT 0"],
+    # The outbox of outbound events (lva_core/delivery/postgres_outbox.py): one row per event and
+    # callback until its receiver accepted it; a lane is (stream_id, callback), ordered by seq.
+    4: [
+        """
+        CREATE TABLE outbox (
+            seq bigserial PRIMARY KEY,
+            stream_id text NOT NULL,
+            callback text NOT NULL,            -- the callback's path: analytics[i].parameters.callbacks[j]
+            event_id text NOT NULL,
+            body bytea NOT NULL,               -- the envelope as sent
+            created double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX outbox_lane ON outbox (stream_id, callback, seq)",
+    ],
 }
 # The channel of the user's changes; the payload is the stream's id.
 CHANNEL = "lva_streams"
@@ -210,6 +229,8 @@ class PostgresStreamStore:
         # Set by the fleet; called on the store's thread (they must be thread-safe).
         self.on_lost: Callable[[str], object] = lambda stream_id: None
         self.on_change: Callable[[str], object] = lambda stream_id: None
+        # Run on the store's loop when it closes, before its own writes finish (on_close).
+        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         try:
             self._call(self._open())
         except BaseException:
@@ -421,6 +442,11 @@ class PostgresStreamStore:
         self._closed = True
 
         async def finish() -> None:
+            for closer in self._closers:
+                try:
+                    await closer()
+                except Exception as exc:
+                    log.error("closing the stream store %s: %s", self._location, exc)
             self._writes.put_nowait(None)
             if self._writer is not None:
                 await self._writer
@@ -432,6 +458,30 @@ class PostgresStreamStore:
             log.error("closing the stream store %s: %s", self._location, exc)
         await asyncio.get_running_loop().run_in_executor(None, self._background.stop)
         log.info("stream store %s closed", self._location)
+
+    # ------------------------------------------------------------------ for the outbox
+
+    # The outbox (lva_core/delivery/postgres_outbox.py) keeps its connections on this loop, as
+    # the store does, so that the database's latency never waits on the core's loop.
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The store's own event loop (in its own thread): where its connections are used."""
+        return self._background.loop
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def connect(self) -> asyncpg.Connection:
+        """A new connection to the store's database, on the store's loop; StoreError when none
+        can be had (its message never holds the password)."""
+        return await self._connect()
+
+    def on_close(self, finish: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Have ``finish()`` run on the store's loop when the store closes, before its own queued
+        writes finish and it disconnects: what lives on the loop is finished, not dropped."""
+        self._closers.append(finish)
 
     # ------------------------------------------------------------------ the fleet's reads and claims
 
