@@ -99,11 +99,12 @@ class LaneRunner:
         settings = self.settings
         while True:
             try:
-                if not self._claimed:
-                    self._claimed = await self.outbox.claim(self.lane)
-                    if not self._claimed:  # another agent delivers this lane now
-                        await asyncio.sleep(settings.scan_interval)
-                        continue
+                # Every round, not once: in a fleet a claim ends with its database session
+                # (a restart of the server), and then another agent may take the lane.
+                self._claimed = await self.outbox.claim(self.lane)
+                if not self._claimed:  # another agent delivers this lane now
+                    await asyncio.sleep(settings.scan_interval)
+                    continue
                 self._wake.clear()  # before reading: an append from now on wakes the next wait
                 expired = await self.outbox.expire(self.lane, time.time() - settings.max_age)
                 if expired:
