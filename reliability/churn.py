@@ -35,7 +35,6 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-
 async def _pause(api: Api, stream_id: str) -> bool:
     """Pause the stream; False when its file ended first (done cannot be paused: 409, a race
     of a short file on a busy machine, not a fault). Any other refusal is raised."""
@@ -46,6 +45,7 @@ async def _pause(api: Api, stream_id: str) -> bool:
             return False
         raise
     return True
+
 
 async def churn(bench: Bench, cycles: int, lanes: int = 4, samples: int = 20) -> dict[str, Any]:
     api = bench.api

@@ -171,7 +171,9 @@ async def test_an_older_schema_is_migrated_and_a_newer_one_refused(
     await store.close()
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", {**store_module.MIGRATIONS, 2: ["ALTER TABLE streams ADD COLUMN note TEXT"]}
+        store_module,
+        "MIGRATIONS",
+        {**store_module.MIGRATIONS, 2: ["ALTER TABLE streams ADD COLUMN note TEXT"]},
     )
     upgraded = StreamStore(str(path))
     assert upgraded.schema_version() == 3
