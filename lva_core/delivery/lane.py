@@ -25,6 +25,8 @@ log = logging.getLogger("lva_core.delivery")
 # The longest one send may take, whatever its sink: the shipped sinks time out on their own
 # (at most 60 s); this keeps a plugin's send that never returns from holding its lane forever.
 SEND_TIMEOUT = 120.0
+# Seconds between two log lines about one lane's dropped events (they are counted regardless).
+DROP_LOG_INTERVAL = 60.0
 
 
 @dataclass
@@ -52,6 +54,8 @@ class LaneRunner:
         self.task: asyncio.Task[None] | None = None
         self.busy = False  # sending or backing off: an event is on its way
         self.failing = False  # the last attempt failed (last_error stays as history)
+        self._unlogged_drops = 0
+        self._drops_logged_at: float | None = None
         self._wake = asyncio.Event()
         self._claimed = False
 
@@ -71,8 +75,20 @@ class LaneRunner:
         elif dropped:
             self.stats.pending = max(0, self.stats.pending - dropped)
             self.stats.dropped += dropped
-            log.warning("callback %s: outbox full, %d oldest events dropped", self.lane.callback, dropped)
+            self._log_drops(dropped, f"the outbox holds delivery.max_pending ({self.settings.max_pending})")
         self._wake.set()
+
+    def _log_drops(self, count: int, why: str) -> None:
+        """Drops are logged at most once a minute per lane, with how many since the last line:
+        a dead receiver of a busy stream drops one event per event, and the log must not."""
+        self._unlogged_drops += count
+        now = time.monotonic()
+        if self._drops_logged_at is not None and now - self._drops_logged_at < DROP_LOG_INTERVAL:
+            return
+        log.warning(
+            "callback %s: %d undelivered events dropped (%s)", self.lane.callback, self._unlogged_drops, why
+        )
+        self._unlogged_drops, self._drops_logged_at = 0, now
 
     def wake(self) -> None:
         self._wake.set()
@@ -134,9 +150,7 @@ class LaneRunner:
     def _dropped_by_age(self, count: int) -> None:
         self.stats.dropped += count
         self.stats.pending = max(0, self.stats.pending - count)
-        log.warning(
-            "callback %s: %d events older than %g s dropped", self.lane.callback, count, self.settings.max_age
-        )
+        self._log_drops(count, f"older than delivery.max_age ({self.settings.max_age:g} s)")
 
     async def _deliver(self, item: Pending) -> bool:
         """Send until accepted (True), or until the event outlived max_age (False, dropped)."""
