@@ -258,11 +258,22 @@ async def test_a_failing_receiver_holds_up_neither_frames_nor_other_callbacks(
             ],
         )
         second = clip_stream(sample, [counter([{"type": "http", "url": good.url("/b")}])])
-        (id_a, crowd_a), (id_b, crowd_b) = await asyncio.gather(
-            run_stream(session, url, delivery_facade, first),
-            run_stream(session, url, delivery_facade, second),
+
+        async def timed(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], float]:
+            started = time.monotonic()
+            stream_id, crowd = await run_stream(session, url, delivery_facade, body)
+            return stream_id, crowd, time.monotonic() - started
+
+        (id_a, crowd_a, seconds_a), (id_b, crowd_b, seconds_b) = await asyncio.gather(
+            timed(first), timed(second)
         )
         stream_a, stream_b = await get(session, url, id_a), await get(session, url, id_b)
+        # The frame rate: the two streams of the same clip, side by side, took as long (a stream
+        # that waited for the failing receiver would take 3 s, or 1 s, per event).
+        assert seconds_a <= seconds_b * 1.5 + 1.0, (seconds_a, seconds_b)
+        # The healthy callbacks kept up while the streams ran: at most the last few in flight.
+        healthy = [stream_a["statistics"]["callbacks"][1], stream_b["statistics"]["callbacks"][0]]
+        assert all(c["pending"] <= 3 and c["failed"] == 0 for c in healthy), healthy
         # When both streams are done, the failing receiver's lane is far behind: nothing waited for it.
         behind = stream_a["statistics"]["callbacks"][0]
         if failure == "slow":  # one event every 3 s
