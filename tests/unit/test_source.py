@@ -35,6 +35,7 @@ from lva_core.pipeline.source.errors import SourceError, classify
 from lva_core.pipeline.source.reader import VideoSource
 from lva_core.pipeline.source.reference import validate_reference
 from lva_core.pipeline.source.spec import SourceSpec
+from lva_core.pipeline.source.transform import FrameTransform
 from lva_core.runtime import procfs
 from lva_testkit import rtsp_server
 from lva_testkit.clips import make_clip, truth_path
@@ -199,6 +200,20 @@ def test_rotation_90_swaps_width_and_height_and_turns_the_picture(clip: Path) ->
         assert np.array_equal(frame.image[0, 0], whole.image[-1, 0])
         assert np.array_equal(frame.image[0, -1], whole.image[0, 0])
         assert np.array_equal(frame.image, np.rot90(whole.image, k=-1))
+
+
+def test_the_conversion_is_pyav_s_through_one_reformatter_per_stream(clip: Path) -> None:
+    """The stream's reformatter (one thread, built once) gives PyAV's own pixels, frame after frame."""
+    transform = FrameTransform(SourceSpec(reference=str(clip)))
+    reformatter = transform._rgb
+    with av.open(str(clip)) as container:
+        for number, frame in enumerate(container.decode(video=0)):
+            image, offset, size = transform(frame)
+            assert np.array_equal(image, frame.to_ndarray(format="rgb24")), number
+            assert (offset, size) == ((0, 0), (frame.width, frame.height))
+            if number == 10:
+                break
+    assert transform._rgb is reformatter
 
 
 @pytest.mark.parametrize("rotation", [90, 180, 270])

@@ -28,7 +28,9 @@ Decisions, with the measurements behind them (PyAV 18 with its bundled FFmpeg 8)
   0.2 s a frame: 6.5 s behind after 8 s without it, never more than 1.2 s with ``max_lag=1``.
   Not for HLS: it delivers whole segments at once, so media time is ahead and behind by a
   segment by design, and FFmpeg's HLS demuxer itself skips segments that left the playlist.
-* **Pixels.** Only sampled frames are converted, once, by swscale (``to_ndarray("rgb24")``):
+* **Pixels.** Only sampled frames are converted, once, by swscale, through one reformatter per
+  stream with one thread (``FrameTransform.rgb``; ``to_ndarray("rgb24")`` would build a new
+  swscale context and its ``cpu_count + 1`` slice threads for every frame):
   that is the one copy of a frame without rotation, and the ROI is a numpy view of it. Rotation
   is done by FFmpeg filters on the YUV frame, after cropping the ROI there (``crop`` only moves
   pointers): numpy's ``rot90`` plus a contiguous copy costs ~4.5 ms for 720p, ``transpose`` plus

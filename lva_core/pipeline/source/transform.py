@@ -8,6 +8,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from lva_core.pipeline.geometry import Rect, rect_to_rotated, rect_to_source, roi_rect, rotated_size
 from lva_core.pipeline.source.spec import SourceSpec
@@ -29,6 +30,10 @@ class FrameTransform:
         self._key: tuple[Any, ...] | None = None
         self._trim: Rect = (0, 0, 0, 0)
         self.roi_missed = False  # the ROI lay outside a frame, which was delivered whole
+        # One reformatter per stream: ``to_ndarray(format=...)`` builds a new one (an swscale
+        # context and its slice threads, cpu_count + 1 of them) for every frame. One thread:
+        # each stream converts in its own decoding thread already, so slices only add wake-ups.
+        self._rgb = VideoReformatter()
 
     def __call__(self, frame: Any) -> tuple[np.ndarray[Any, Any], tuple[int, int], tuple[int, int]]:
         rotation = self.spec.rotation % 360
@@ -39,7 +44,7 @@ class FrameTransform:
             self.roi_missed, rect = True, (0, 0, *size)
         x, y, w, h = rect
         if rotation == 0:
-            image = frame.to_ndarray(format="rgb24")
+            image = self.rgb(frame)
             if (w, h) != size:
                 image = image[y : y + h, x : x + w]
             return image, (x, y), size
@@ -47,11 +52,16 @@ class FrameTransform:
         if key != self._key:
             self._build(key, frame.time_base)
         self._graph.push(frame)
-        image = self._graph.pull().to_ndarray(format="rgb24")
+        image = self.rgb(self._graph.pull())
         tx, ty, tw, th = self._trim
         if (tw, th) != (image.shape[1], image.shape[0]):
             image = image[ty : ty + th, tx : tx + tw]
         return image, (x, y), size
+
+    def rgb(self, frame: Any) -> np.ndarray[Any, Any]:
+        """The frame as uint8 RGB ``[H, W, 3]``: the conversion, through this stream's reformatter."""
+        image: np.ndarray[Any, Any] = self._rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        return image
 
     def _build(self, key: tuple[Any, ...], time_base: Fraction | None) -> None:
         width, height, pix_fmt, rotation, x, y, w, h = key
