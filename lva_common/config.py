@@ -124,6 +124,8 @@ DEFAULTS: dict[str, Any] = {
         "workers": 1,
         "max_pending_encodes": 16,
     },
+    # Decoding: NVDEC where this machine has it (auto), always (cuda), or never (none).
+    "decoder": {"hwaccel": "auto"},
     "plugins": {"disabled": []},
     # Outbound events: every analytic's callbacks, through the stream store's outbox.
     "delivery": {

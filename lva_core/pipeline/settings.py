@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lva_common.config import section
+from lva_core.pipeline.source.hwaccel import HWACCEL_MODES
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class StreamSettings:
     subscriber_queue: int
     # An empty list allows no local file at all (network sources only); see docs/security.md.
     allowed_dirs: tuple[Path, ...]
+    # decoder.hwaccel: auto (NVDEC where there is one), cuda or none (source/hwaccel.py).
+    hwaccel: str = "auto"
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> StreamSettings:
@@ -33,4 +36,12 @@ class StreamSettings:
             buffer_size=int(streams["buffer_size"]),
             subscriber_queue=int(streams["subscriber_queue"]),
             allowed_dirs=tuple(Path(d) for d in streams["allowed_file_dirs"] or []),
+            hwaccel=_hwaccel(config),
         )
+
+
+def _hwaccel(config: dict[str, Any]) -> str:
+    mode = str((config.get("decoder") or {}).get("hwaccel", "auto")).strip().lower()
+    if mode not in HWACCEL_MODES:
+        raise ValueError(f"decoder.hwaccel must be one of {', '.join(HWACCEL_MODES)}, not {mode!r}")
+    return mode

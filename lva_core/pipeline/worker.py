@@ -71,6 +71,7 @@ def source_spec(record: StreamRecord, settings: StreamSettings) -> SourceSpec:
         open_timeout=settings.open_timeout,
         read_timeout=settings.read_timeout,
         probe_duration=settings.probe_duration,
+        hwaccel=settings.hwaccel,
     )
 
 

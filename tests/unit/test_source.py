@@ -14,6 +14,7 @@ import functools
 import http.server
 import itertools
 import json
+import logging
 import os
 import random
 import signal
@@ -31,6 +32,7 @@ import pytest
 
 from lva_core.pipeline.frame import Frame
 from lva_core.pipeline.geometry import rect_to_rotated, rect_to_source
+from lva_core.pipeline.source import hwaccel
 from lva_core.pipeline.source.errors import SourceError, classify
 from lva_core.pipeline.source.reader import VideoSource
 from lva_core.pipeline.source.reference import validate_reference
@@ -200,6 +202,41 @@ def test_rotation_90_swaps_width_and_height_and_turns_the_picture(clip: Path) ->
         assert np.array_equal(frame.image[0, 0], whole.image[-1, 0])
         assert np.array_equal(frame.image[0, -1], whole.image[0, 0])
         assert np.array_equal(frame.image, np.rot90(whole.image, k=-1))
+
+
+def test_hwaccel_auto_falls_back_to_software_with_the_reason(
+    clip: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """decoder.hwaccel auto: NVDEC where a CUDA device opens; here, with no GPU, software, said once."""
+    caplog.set_level(logging.INFO, "lva_core.pipeline.source")
+    software, _ = read_all(clip, rate_period=25)
+    source = VideoSource(
+        SourceSpec(reference=str(clip), kind="videofile", rate_period=25, hwaccel="auto"), "hw-1"
+    )
+    for _ in range(2):  # a reconnection does not say it again
+        source.open()
+        frames = list(source.frames())
+        source.close()
+    assert len(frames) == len(software) > 0
+    problem = hwaccel.device_problem()
+    said = [r.getMessage() for r in caplog.records if "NVDEC" in r.getMessage()]
+    if problem is None:  # a machine with a GPU
+        assert said == ["decoding with NVDEC (cuda)"]
+        return
+    assert said == [f"no NVDEC here ({problem}): decoding in software"]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, software, strict=True))
+
+
+def test_hwaccel_cuda_insists_and_fails_the_stream_for_good_without_a_device(clip: Path) -> None:
+    with pytest.raises(ValueError, match="hwaccel must be one of"):
+        SourceSpec(reference=str(clip), hwaccel="vaapi")
+    if hwaccel.device_problem() is None:  # a machine with a GPU: it decodes there
+        frames, _ = read_all(clip, rate_period=25, hwaccel="cuda")
+        assert frames
+        return
+    error = failure(clip, hwaccel="cuda")
+    assert error.kind == "unsupported_codec"  # not retried (pipeline/worker.py)
+    assert "hardware decoding (decoder.hwaccel: cuda) is unavailable here" in str(error)
 
 
 def test_the_conversion_is_pyav_s_through_one_reformatter_per_stream(clip: Path) -> None:

@@ -25,6 +25,7 @@ import av.error
 from lva_common.config import mask_url
 from lva_core.pipeline.frame import Frame
 from lva_core.pipeline.source.errors import SourceError, classify
+from lva_core.pipeline.source.hwaccel import accelerator
 from lva_core.pipeline.source.reference import local_path, validate_reference
 from lva_core.pipeline.source.spec import SourceSpec, SourceStats
 from lva_core.pipeline.source.timing import LagMeter, Numbering, Sampler, StreamClock
@@ -94,10 +95,19 @@ class VideoSource:
         """Open the source and find its video stream; raises SourceError."""
         validate_reference(self.spec.reference, self.spec.kind, None)
         url, options = self._url_and_options()
+        try:
+            accel = accelerator(self.spec.hwaccel, self.stream_id)
+        except LookupError as exc:
+            raise SourceError(
+                "unsupported_codec", f"hardware decoding (decoder.hwaccel: cuda) is unavailable here: {exc}"
+            ) from None
         started = time.monotonic()
         try:
             container = av.open(
-                url, options=options, timeout=(self.spec.open_timeout, self.spec.read_timeout)
+                url,
+                options=options,
+                timeout=(self.spec.open_timeout, self.spec.read_timeout),
+                hwaccel=accel,
             )
         except Exception as exc:
             elapsed = time.monotonic() - started

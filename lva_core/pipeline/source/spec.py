@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lva_common.config import DEFAULTS
+from lva_core.pipeline.source.hwaccel import HWACCEL_MODES
 from lva_core.streams.rate import RateMeter
 
 _STREAMS = DEFAULTS["streams"]
@@ -33,12 +34,15 @@ class SourceSpec:
     keyframe_skip: bool = True
     # Live streams only: drop non-key frames before decoding when this far behind the source.
     max_lag: float = 2.0
+    # decoder.hwaccel (hwaccel.py): auto, cuda or none; none here, the core passes its setting.
+    hwaccel: str = "none"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("kind", self.kind, SOURCE_KINDS),
             ("roi_mode", self.roi_mode, ROI_MODES),
             ("rate_unit", self.rate_unit, RATE_UNITS),
+            ("hwaccel", self.hwaccel, HWACCEL_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
