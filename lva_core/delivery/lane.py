@@ -52,7 +52,6 @@ class LaneRunner:
         self.outbox = outbox
         self.settings = settings
         self.task: asyncio.Task[None] | None = None
-        self.busy = False  # sending or backing off: an event is on its way
         self.failing = False  # the last attempt failed (last_error stays as history)
         self._unlogged_drops = 0
         self._drops_logged_at: float | None = None
@@ -156,42 +155,36 @@ class LaneRunner:
         """Send until accepted (True), or until the event outlived max_age (False, dropped)."""
         attempt = 0
         message = Message(item.event_id, item.body)
-        self.busy = True
-        try:
-            while True:
-                try:
-                    await asyncio.wait_for(self.sink.send(message), SEND_TIMEOUT)
-                except DeliveryError as exc:
-                    error = str(exc)
-                except TimeoutError:
-                    error = f"the sink did not return within {SEND_TIMEOUT:g} s"
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a sink's bug must not end the lane
-                    if attempt == 0:  # the traceback once per event, not once per retry
-                        log.exception("callback %s: the sink failed", self.lane.callback)
-                    error = f"{type(exc).__name__}: {exc}"[:300]
-                else:
-                    self.failing = False
-                    self._accepted(item, attempt)
-                    return True
-                self.failing = True
-                attempt += 1
-                self.stats.failed += 1
-                self.stats.last_error = error
-                DELIVERY_ATTEMPTS.labels(self.stats.kind, "failed").inc()
-                if attempt == 1:
-                    log.warning(
-                        "callback %s (%s): %s; retrying", self.lane.callback, self.stats.target, error
-                    )
-                if item.created < time.time() - self.settings.max_age:
-                    with contextlib.suppress(Exception):
-                        await self.outbox.ack(self.lane, item.seq)
-                    self._dropped_by_age(1)
-                    return False
-                await asyncio.sleep(self.settings.backoff(attempt))
-        finally:
-            self.busy = False
+        while True:
+            try:
+                await asyncio.wait_for(self.sink.send(message), SEND_TIMEOUT)
+            except DeliveryError as exc:
+                error = str(exc)
+            except TimeoutError:
+                error = f"the sink did not return within {SEND_TIMEOUT:g} s"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a sink's bug must not end the lane
+                if attempt == 0:  # the traceback once per event, not once per retry
+                    log.exception("callback %s: the sink failed", self.lane.callback)
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                self.failing = False
+                self._accepted(item, attempt)
+                return True
+            self.failing = True
+            attempt += 1
+            self.stats.failed += 1
+            self.stats.last_error = error
+            DELIVERY_ATTEMPTS.labels(self.stats.kind, "failed").inc()
+            if attempt == 1:
+                log.warning("callback %s (%s): %s; retrying", self.lane.callback, self.stats.target, error)
+            if item.created < time.time() - self.settings.max_age:
+                with contextlib.suppress(Exception):
+                    await self.outbox.ack(self.lane, item.seq)
+                self._dropped_by_age(1)
+                return False
+            await asyncio.sleep(self.settings.backoff(attempt))
 
     def _accepted(self, item: Pending, failures: int) -> None:
         self.stats.delivered += 1

@@ -61,7 +61,6 @@ class Delivery:
         self._appends: set[asyncio.Task[None]] = set()
         self._scan: asyncio.Task[None] | None = None
         self.closed = False
-        self.failed_events = 0  # events that could not even be serialised (logged)
 
     # ------------------------------------------------------------------ events in
 
@@ -79,7 +78,6 @@ class Delivery:
             wrapped = envelope(record.account_id, record.stream_id, analytic, event)
             body = encode(wrapped)
         except (TypeError, ValueError) as exc:
-            self.failed_events += 1
             log.error("event of %s not deliverable (%s)", analytic, exc)
             return
         event_id = str(wrapped["event"]["event_id"])

@@ -17,13 +17,13 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from lva_common.config import mask_url
 from lva_common.errors import invalid
 from lva_core.delivery.sinks.base import DeliveryError, Message
+from lva_core.delivery.sinks.urls import check_url, url_hosts
 
 SIGNATURE_HEADER = "X-LVA-Signature"
 # Headers the sink sets itself: a callback's own headers cannot replace them.
@@ -150,18 +150,7 @@ class HttpSinkType:
         return SCHEMA
 
     def check(self, callback: Mapping[str, Any], path: str) -> None:
-        url = str(callback["url"])
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise invalid(f"{path}.url", f"not a valid URL ({exc})") from None
-        if parts.scheme not in ("http", "https"):
-            raise invalid(f"{path}.url", f"scheme must be http or https, not {parts.scheme or 'none'!r}")
-        if not parts.hostname:
-            raise invalid(f"{path}.url", "has no host")
-        if port == 0:
-            raise invalid(f"{path}.url", "port 0 is not a port one can reach")
+        parts = check_url(str(callback["url"]), f"{path}.url", ("http", "https"))
         for name in callback.get("headers") or {}:
             if str(name).lower() in _RESERVED:
                 raise invalid(f"{path}.headers.{name}", "is set by the agent itself")
@@ -170,8 +159,7 @@ class HttpSinkType:
                 raise invalid(f"{path}.headers.{name}", "cannot be combined with credentials in the URL")
 
     def hosts(self, callback: Mapping[str, Any]) -> list[str]:
-        host = urlsplit(str(callback["url"])).hostname
-        return [host] if host else []
+        return url_hosts(str(callback["url"]))
 
     def target(self, callback: Mapping[str, Any]) -> str:
         return mask_url(str(callback["url"]))

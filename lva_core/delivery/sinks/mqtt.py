@@ -24,6 +24,7 @@ import aiomqtt
 from lva_common.config import mask_url
 from lva_common.errors import invalid
 from lva_core.delivery.sinks.base import DeliveryError, Message
+from lva_core.delivery.sinks.urls import check_url, url_hosts
 
 CONNECT_TIMEOUT = 5.0
 MAX_TOPIC_BYTES = 65535  # MQTT's UTF-8 string limit
@@ -155,18 +156,7 @@ class MqttSinkType:
         return SCHEMA
 
     def check(self, callback: Mapping[str, Any], path: str) -> None:
-        url = str(callback["url"])
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise invalid(f"{path}.url", f"not a valid URL ({exc})") from None
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise invalid(f"{path}.url", f"scheme must be mqtt or mqtts, not {parts.scheme or 'none'!r}")
-        if not parts.hostname:
-            raise invalid(f"{path}.url", "has no host")
-        if port == 0:
-            raise invalid(f"{path}.url", "port 0 is not a port one can reach")
+        parts = check_url(str(callback["url"]), f"{path}.url", ("mqtt", "mqtts"))
         if parts.path not in ("", "/") or parts.query:
             raise invalid(f"{path}.url", "has a path or query; the topic goes in 'topic'")
         topic = str(callback["topic"])
@@ -180,8 +170,7 @@ class MqttSinkType:
             raise invalid(f"{path}.topic", f"is longer than MQTT's {MAX_TOPIC_BYTES} bytes")
 
     def hosts(self, callback: Mapping[str, Any]) -> list[str]:
-        host = urlsplit(str(callback["url"])).hostname
-        return [host] if host else []
+        return url_hosts(str(callback["url"]))
 
     def target(self, callback: Mapping[str, Any]) -> str:
         return f"{mask_url(str(callback['url']))} {callback['topic']}"
