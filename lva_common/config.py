@@ -221,6 +221,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return _merge(config, _env_overrides(env))
 
 
+class ConfigError(ValueError):
+    """A setting the service cannot work with: it says so in one line and refuses to start."""
+
+
 def is_secret_key(key: str) -> bool:
     # Split camelCase before lower-casing, so privateKey and secretKey are caught as well as db_password.
     words = re.split(r"[^a-z0-9]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower())

@@ -23,6 +23,7 @@ from lva.v1 import (
     streams_pb2,
     streams_pb2_grpc,
 )
+from lva_common.config import ConfigError
 from lva_common.signals import stop_event
 from lva_common.tls import peer_credentials, server_credentials
 from lva_core.analytics.registry import discover_analytics
@@ -261,7 +262,7 @@ async def serve(config: dict[str, Any]) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     try:
         server = CoreServer(config)
-    except (StoreError, FleetConfigError, ImageStoreError) as exc:
+    except (StoreError, ConfigError, ImageStoreError) as exc:
         # Running on without the store would lose every stream at the next restart: refuse.
         log.error("%s", exc)
         raise SystemExit(1) from None

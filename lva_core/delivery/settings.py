@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from lva_common.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DeliverySettings:
@@ -35,9 +37,9 @@ class DeliverySettings:
                 values[field.name] = kind(section[field.name])
         settings = cls(**values)
         if settings.max_pending < 1 or settings.batch < 1:
-            raise ValueError("delivery.max_pending and delivery.batch must be at least 1")
+            raise ConfigError("delivery.max_pending and delivery.batch must be at least 1")
         if min(settings.max_age, settings.initial_backoff, settings.max_backoff, settings.scan_interval) <= 0:
-            raise ValueError("delivery.max_age, backoffs and scan_interval must be positive")
+            raise ConfigError("delivery.max_age, backoffs and scan_interval must be positive")
         return settings
 
     def backoff(self, attempt: int) -> float:

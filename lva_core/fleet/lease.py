@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lva_common.config import ConfigError
 
-class FleetConfigError(ValueError):
+
+class FleetConfigError(ConfigError):
     """``fleet.*`` settings the agent cannot work with; the core refuses to start."""
 
 

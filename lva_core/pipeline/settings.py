@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lva_common.config import section
+from lva_common.config import ConfigError, section
 from lva_core.pipeline.source.hwaccel import HWACCEL_MODES
 
 
@@ -43,5 +43,5 @@ class StreamSettings:
 def _hwaccel(config: dict[str, Any]) -> str:
     mode = str((config.get("decoder") or {}).get("hwaccel", "auto")).strip().lower()
     if mode not in HWACCEL_MODES:
-        raise ValueError(f"decoder.hwaccel must be one of {', '.join(HWACCEL_MODES)}, not {mode!r}")
+        raise ConfigError(f"decoder.hwaccel must be one of {', '.join(HWACCEL_MODES)}, not {mode!r}")
     return mode

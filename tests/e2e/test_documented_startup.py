@@ -165,6 +165,26 @@ def test_a_core_with_half_a_tls_section_refuses_to_start(
     assert not port_open(core_port)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"LVA_DECODER__HWACCEL": "vaapi"}, "decoder.hwaccel must be one of auto, cuda, none, not 'vaapi'"),
+        ({"LVA_DELIVERY__BATCH": "0"}, "delivery.max_pending and delivery.batch must be at least 1"),
+        ({"LVA_DELIVERY__MAX_BACKOFF": "0"}, "delivery.max_age, backoffs and scan_interval must be positive"),
+    ],
+)
+def test_a_core_with_a_setting_it_cannot_use_says_so_in_one_line(
+    triton: Service, setting: dict[str, str], message: str
+) -> None:
+    core_port = free_ports(1)[0]
+    env = core_env(triton.address, core_port, **setting)
+    env["LVA_STREAMS__STORE_PATH"] = ""
+    code, output = _start_and_wait_exit(env, "lva_core")
+    assert code == 1, output[-3000:]
+    assert message in output and "Traceback" not in output, output[-3000:]
+    assert not port_open(core_port)
+
+
 def test_a_facade_with_a_list_of_core_names_refuses_to_start() -> None:
     # A list balances over IP addresses only; names go through dns:/// (docs/configuration.md).
     facade_port, core_port = free_ports(2)
