@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run fleet test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability
+.PHONY: run fleet test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability gpu-check
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -63,6 +63,11 @@ models: $(VENV)/.installed
 # Benchmarks against the real stack: benchmarks/results/<date>.json and .png (QUICK=1: < 3 min).
 bench: $(VENV)/.installed triton-env models
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
+
+# NVDEC against software decoding, and the stack's streams per GPU (QUICK=1: < 2 min on a GPU
+# server): benchmarks/results/gpu-<date>.json. Without a GPU it says why and gives software's figures.
+gpu-check: $(VENV)/.installed triton-env models
+	GPU_CHECK_PYTHON=$(CURDIR)/$(PY) tools/gpu_check.sh $(if $(QUICK),--quick,)
 
 # Fault injection and churn against the real stack, long form: reliability/results/<date>.json.
 reliability: $(VENV)/.installed triton-env lva/__init__.py docs models
