@@ -21,10 +21,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.pixels import Pixels
 
 # infer(role, inputs) -> outputs, per item (no batch dimension). Roles are the analytic's own
 # names for the models it uses ("detector", "attributes"); the config maps roles to models.
-InferFn = Callable[[str, Mapping[str, np.ndarray[Any, Any]]], Awaitable[dict[str, np.ndarray[Any, Any]]]]
+# Pass ``frame.pixels`` as ``IMAGE``: the engine ships it in the format the model declares
+# (docs/triton.md, "Frame formats"); an array is sent as it is.
+InferFn = Callable[
+    [str, Mapping[str, np.ndarray[Any, Any] | Pixels]], Awaitable[dict[str, np.ndarray[Any, Any]]]
+]
 Event = dict[str, Any]
 
 

@@ -261,7 +261,7 @@ class HumanTracking:
 
     async def process(self, frame: Frame, state: TrackingState, infer: InferFn) -> list[Event]:
         settings = state.settings
-        outputs = await infer("detector", {"IMAGE": frame.image})
+        outputs = await infer("detector", {"IMAGE": frame.pixels})
         found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
         rows, boxes, scores = found.rows, found.boxes, found.scores
         all_boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4)  # normalised, for crops
@@ -349,7 +349,7 @@ class HumanTracking:
             wanted[rows[track.detection]] = True
         # The detector's K rows, unwanted ones zeroed: equal shapes across streams (see above).
         request = np.where(wanted[:, None], all_boxes, 0.0).astype(np.float32)
-        outputs = await infer("attributes", {"IMAGE": frame.image, "BOXES": request})
+        outputs = await infer("attributes", {"IMAGE": frame.pixels, "BOXES": request})
         ages = np.asarray(outputs["AGE"], dtype=np.float64).reshape(-1)
         males = np.asarray(outputs["GENDER"], dtype=np.float64).reshape(-1)
         for track in seen:

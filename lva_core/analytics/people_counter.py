@@ -256,7 +256,7 @@ class PeopleCounter:
         if not self._due(frame, state):
             return []
         settings = state.settings
-        outputs = await infer("detector", {"IMAGE": frame.image})
+        outputs = await infer("detector", {"IMAGE": frame.pixels})
         found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
         boxes, scores, centres = found.boxes, found.scores, found.centres
         count = len(boxes)
@@ -310,7 +310,7 @@ class PeopleCounter:
             overview["time_offset"] = frame.time_offset
             overview["frame_number"] = frame.frame_number
             # Encoded and stored by the worker, which puts the URL here (lva_core/images).
-            overview["image"] = ImageRequest(frame.image, settings.image_policy)
+            overview["image"] = ImageRequest(frame.pixels, settings.image_policy)
         if overview:
             event["overview"] = overview
         if settings.coordinates:

@@ -70,7 +70,7 @@ class PipelineProbe:
         # Taken before awaiting the model, so that the model's time stays inside the latency the
         # client measures (it is subtracted from Triton's own statistics, reported separately).
         decoded_at_wall = wall_time_of(frame.decoded_at)
-        outputs = await infer("model", {"IMAGE": frame.image})
+        outputs = await infer("model", {"IMAGE": frame.pixels})
         mean = outputs.get("MEAN_RGB")
         mean_rgb = [round(float(v), 2) for v in np.asarray(mean).reshape(-1)] if mean is not None else []
         return [

@@ -2,7 +2,7 @@
 
 An analytic does not encode: it puts an :class:`ImageRequest` (a reference to the pixels, no
 copy, and the policy) where the URL belongs, for example
-``event["overview"]["image"] = ImageRequest(frame.image, policy)``. Before the event leaves the
+``event["overview"]["image"] = ImageRequest(frame.pixels, policy)``. Before the event leaves the
 worker, :func:`resolve_images` stores every request of it and puts the URL in its place, or
 :func:`strip_images` puts None there when the core keeps no images. Only events that carry a
 request cost an encode.
@@ -20,6 +20,7 @@ import numpy as np
 
 from lva_core.images.policy import ImagePolicy
 from lva_core.images.store import ImageDropped, ImageStore
+from lva_core.pipeline.pixels import Pixels
 
 log = logging.getLogger("lva_core.images")
 
@@ -30,13 +31,15 @@ _LOG_EVERY = 60.0
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ImageRequest:
-    """The pixels (uint8 RGB ``[H, W, 3]``, kept by reference) and how to store them."""
+    """The pixels (uint8 RGB ``[H, W, 3]``, or a frame's ``Pixels``, converted to RGB only on the
+    image store's threads), kept by reference, and how to store them."""
 
-    pixels: np.ndarray[Any, Any]
+    pixels: np.ndarray[Any, Any] | Pixels
     policy: ImagePolicy
 
     def __repr__(self) -> str:
-        return f"ImageRequest({list(self.pixels.shape)}, {self.policy})"
+        size = list(self.pixels.shape) if isinstance(self.pixels, np.ndarray) else list(self.pixels.size)
+        return f"ImageRequest({size}, {self.policy})"
 
 
 # Where a request sits: its container and the key or index in it.

@@ -45,6 +45,7 @@ from lva_common.ids import canonical_uuid
 from lva_core.images.encode import EncodedImage, encode
 from lva_core.images.policy import ImagePolicy
 from lva_core.metrics.instruments import IMAGE_BYTES, IMAGE_ENCODE, IMAGES_DROPPED, IMAGES_STORED
+from lva_core.pipeline.pixels import Pixels
 
 log = logging.getLogger("lva_core.images")
 
@@ -73,7 +74,7 @@ class StoredImage:
 
 class ImageStore(Protocol):
     async def put(
-        self, account_id: str, stream_id: str, pixels: np.ndarray[Any, Any], policy: ImagePolicy
+        self, account_id: str, stream_id: str, pixels: np.ndarray[Any, Any] | Pixels, policy: ImagePolicy
     ) -> StoredImage:
         """Encode ``pixels`` (off the event loop) and keep them for ``policy.ttl`` seconds.
 
@@ -167,7 +168,7 @@ class LocalImageStore:
     # ------------------------------------------------------------------ put and get
 
     async def put(
-        self, account_id: str, stream_id: str, pixels: np.ndarray[Any, Any], policy: ImagePolicy
+        self, account_id: str, stream_id: str, pixels: np.ndarray[Any, Any] | Pixels, policy: ImagePolicy
     ) -> StoredImage:
         if self._pool is None:
             raise ImageStoreError("the image store is not started")
@@ -216,12 +217,13 @@ class LocalImageStore:
         image_id: str,
         account_id: str,
         stream_id: str,
-        pixels: np.ndarray[Any, Any],
+        pixels: np.ndarray[Any, Any] | Pixels,
         policy: ImagePolicy,
     ) -> tuple[EncodedImage, float]:
-        """On the pool's thread: encode, then write the image and its sidecar."""
+        """On the pool's thread: convert a frame's pixels to RGB (only now, only for the frames
+        that carry an image), encode, then write the image and its sidecar."""
         started = time.perf_counter()
-        encoded = encode(pixels, policy)
+        encoded = encode(pixels.rgb() if isinstance(pixels, Pixels) else pixels, policy)
         IMAGE_ENCODE.observe(time.perf_counter() - started)
         extension = _EXTENSIONS[encoded.mimetype]
         expires_at = time.time() + policy.ttl

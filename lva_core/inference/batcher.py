@@ -8,7 +8,8 @@ company it will not get, and under load batches grow by themselves ("continuous 
 models where a bigger batch is worth the wait (GPU networks).
 
 Items of equal per-item shapes are stacked into one request, written straight into the staged
-(shared-memory) arrays: the only copy of a frame on its way to Triton. Queues are bounded; an
+(shared-memory) arrays: the only copy of a frame on its way to Triton (a frame in its model's
+declared format writes itself there: ``Writable``). Queues are bounded; an
 item whose deadline passes while it waits fails with DEADLINE instead of being sent late.
 """
 
@@ -21,12 +22,14 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lva_common.errors import DEADLINE, TRITON_UNAVAILABLE
 from lva_core.inference.client import InferenceError, TritonClient, classify
+from lva_core.inference.frame_format import FrameFormat, frame_format
+from lva_core.inference.model_info import ModelInfo
 from lva_core.metrics.instruments import BATCH_SIZE, BATCH_WAIT, INFERENCE_ERRORS, INFERENCE_LATENCY
 
 log = logging.getLogger("lva_core.inference")
@@ -34,9 +37,36 @@ log = logging.getLogger("lva_core.inference")
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
+class Writable(Protocol):
+    """An input that writes itself into its request slot: a frame in its model's format
+    (lva_core.pipeline.pixels.ImageInput), copied once, straight from the decoder's buffers."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def write(self, out: np.ndarray[Any, Any]) -> None: ...
+
+
+class FrameSource(Protocol):
+    """A frame's picture (lva_core.pipeline.pixels.Pixels): it becomes the model's input in the
+    format the model declares in its config.pbtxt (frame_format.py)."""
+
+    def input(self, fmt: FrameFormat) -> Writable: ...
+
+
+Input = np.ndarray[Any, Any] | Writable
+
+
+def _put(out: np.ndarray[Any, Any], value: Input) -> None:
+    if isinstance(value, np.ndarray):
+        out[...] = value
+    else:
+        value.write(out)
+
+
 @dataclass
 class _Item:
-    inputs: Mapping[str, np.ndarray[Any, Any]]
+    inputs: Mapping[str, Input]
     deadline: float
     future: asyncio.Future[Arrays]
     queued_at: float = field(default_factory=time.monotonic)
@@ -79,6 +109,14 @@ class ModelBatcher:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._format: tuple[ModelInfo, FrameFormat] | None = None
+
+    async def frame_format(self) -> FrameFormat:
+        """The model's declared frame format, read again after a reload (a new ModelInfo)."""
+        info = await self.client.model_info(self.model_name)
+        if self._format is None or self._format[0] is not info:
+            self._format = (info, frame_format(info))
+        return self._format[1]
 
     def start(self) -> None:
         if self._worker is None:
@@ -97,9 +135,16 @@ class ModelBatcher:
             if not item.future.done():
                 item.future.set_exception(InferenceError(TRITON_UNAVAILABLE, "inference stopped"))
 
-    async def infer(self, inputs: Mapping[str, np.ndarray[Any, Any]], timeout: float | None = None) -> Arrays:
+    async def infer(self, inputs: Mapping[str, Input | FrameSource], timeout: float | None = None) -> Arrays:
         """Outputs for one item (per-item arrays, no batch dimension)."""
         self.start()
+        ready: dict[str, Input] = {}
+        for key, value in inputs.items():
+            if isinstance(value, np.ndarray) or not hasattr(value, "input"):
+                ready[key] = value
+            else:
+                ready[key] = value.input(await self.frame_format())
+        inputs = ready
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         item = _Item(inputs, deadline, asyncio.get_running_loop().create_future())
@@ -195,10 +240,7 @@ class ModelBatcher:
         try:
             for index, item in enumerate(items):
                 for name, array in item.inputs.items():
-                    if model.batches:
-                        staged.inputs[name][index] = array
-                    else:
-                        staged.inputs[name][...] = array
+                    _put(staged.inputs[name][index] if model.batches else staged.inputs[name], array)
             remaining = max(0.05, min(i.deadline for i in items) - time.monotonic())
             started = time.perf_counter()
             outputs = await self.client.infer_staged(staged, remaining)

@@ -1,7 +1,8 @@
 """Model routing: which Triton model serves each role of an analytic (``triton.models``).
 
 An analytic asks for a role ("detector"); the configuration names the model for it, and the
-inference layer batches that model's items across every stream.
+inference layer batches that model's items across every stream (a frame's ``Pixels`` become
+the format the model declares there: lva_core.inference.frame_format).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.base import Analytic, InferFn
 from lva_core.inference.service import Inference
+from lva_core.pipeline.pixels import Pixels
 
 
 class ModelRouter:
@@ -26,7 +28,7 @@ class ModelRouter:
         roles = self.models.get(analytic.name) or {}
 
         async def infer(
-            role: str, inputs: Mapping[str, np.ndarray[Any, Any]]
+            role: str, inputs: Mapping[str, np.ndarray[Any, Any] | Pixels]
         ) -> dict[str, np.ndarray[Any, Any]]:
             model = roles.get(role)
             if model is None:

@@ -24,6 +24,7 @@ from lva_core.images.store import ImageStore
 from lva_core.metrics.instruments import FRAME_ANALYSIS, FRAME_DECODE
 from lva_core.pipeline.buffer import BufferStrategy, FrameBuffer
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.pixels import FormatLearner
 from lva_core.pipeline.settings import StreamSettings
 from lva_core.pipeline.source.errors import SourceError
 from lva_core.pipeline.source.reader import VideoSource
@@ -102,6 +103,8 @@ class StreamWorker:
         self.task: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self._connected = False
+        # What the stream's models asked for, kept across reconnections (lva_core.pipeline.pixels).
+        self.formats = FormatLearner()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"stream:{self.record.stream_id}")
@@ -155,7 +158,7 @@ class StreamWorker:
         """Open, decode and analyse until the source ends (file) or fails (raises SourceError)."""
         record = self.record
         loop = asyncio.get_running_loop()
-        source = VideoSource(source_spec(record, self.settings), record.stream_id)
+        source = VideoSource(source_spec(record, self.settings), record.stream_id, self.formats)
         self._stop.clear()
         await asyncio.to_thread(self._open, source)
         strategy = BufferStrategy.DROP_OLDEST if live else BufferStrategy.BLOCK

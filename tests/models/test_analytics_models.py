@@ -58,7 +58,7 @@ def astronaut_frame(
     """The photograph as a stream's frame; with ``offset``, as the stream-roi crop of a larger source."""
     return Frame(
         stream_id=STREAM,
-        image=data.astronaut(),
+        pixels=data.astronaut(),
         frame_number=number,
         time_offset=number * 0.2,
         decoded_at=0.0,

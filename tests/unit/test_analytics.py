@@ -43,7 +43,7 @@ def frame(
     width, height = size
     return Frame(
         stream_id=STREAM,
-        image=np.zeros((height, width, 3), np.uint8),
+        pixels=np.zeros((height, width, 3), np.uint8),
         frame_number=number,
         time_offset=float(number) if time_offset is None else time_offset,
         decoded_at=0.0,
@@ -303,12 +303,12 @@ async def test_people_counter_maps_boxes_to_source_pixels_with_the_stream_roi_of
     image = event["overview"].pop("image")
     assert event["overview"] == {"people_coordinates": [[150, 95]], "time_offset": 0.28, "frame_number": 7}
     # The analysed picture itself (the stream's roi crop), by reference, with the default policy.
-    assert isinstance(image, ImageRequest) and image.pixels is crop.image
+    assert isinstance(image, ImageRequest) and image.pixels is crop.pixels
     assert image.policy == ImagePolicy()
     assert event["event_create_time"].endswith("+00:00")
     assert len(event["event_id"]) == 36
     assert infer.roles() == ["detector"]
-    assert infer.calls[0][1]["IMAGE"] is crop.image
+    assert infer.calls[0][1]["IMAGE"] is crop.pixels
 
 
 async def test_people_counter_counts_only_box_centres_inside_the_roi() -> None:
@@ -575,7 +575,7 @@ async def test_ags_calls_attributes_once_per_frame_with_all_faces() -> None:
         assert boxes.shape == (K, 4) and boxes.dtype == np.float32  # the detector's K rows
         nonzero = boxes[(boxes != 0).any(axis=1)]
         np.testing.assert_allclose(sorted(nonzero[:, 0]), [0.1, 0.7], rtol=1e-6)
-        assert inputs["IMAGE"].shape == (300, 400, 3)
+        assert inputs["IMAGE"].size == (400, 300)
     starts = sorted(
         (e for e in events if e["phase"] == "start"), key=lambda e: e["face_detection"]["rect"]["x"]
     )
@@ -628,7 +628,7 @@ def painted(number: int, size: tuple[int, int] = (400, 300)) -> Frame:
     base = frame(number, size=size)
     return Frame(
         stream_id=STREAM,
-        image=np.full((height, width, 3), number + 1, np.uint8),
+        pixels=np.full((height, width, 3), number + 1, np.uint8),
         frame_number=number,
         time_offset=base.time_offset,
         decoded_at=0.0,
@@ -643,7 +643,7 @@ async def test_people_counter_overview_image_is_the_analysed_frame_with_the_poli
     (event,) = await PeopleCounter().process(analysed, state, FakeInfer([[person(0.5)]]))
     request = event["overview"]["image"]
     assert isinstance(request, ImageRequest)
-    assert request.pixels is analysed.image  # a reference, no copy
+    assert request.pixels is analysed.pixels  # a reference, no copy
     assert request.policy == ImagePolicy("image/png", 0.5, 320, 2.0)
     # Without the overview target there is no image.
     state = counter_state(targets=["coordinates"])

@@ -14,6 +14,7 @@ from lva_common.errors import BAD_JSON, LunaError
 from lva_core.analytics.pipeline_probe import PipelineProbe, wall_time_of
 from lva_core.analytics.validation import check_schema
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.pixels import Pixels
 
 STREAM = "6d1b0f5e-8c1a-4a53-9a49-0b7d6c3c2f10"
 
@@ -27,6 +28,7 @@ class FrameStats:
     async def __call__(self, role: str, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
         self.calls.append((role, dict(inputs)))
         image = inputs["IMAGE"]
+        image = image.rgb() if isinstance(image, Pixels) else image
         return {
             "MEAN_RGB": image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32),
             "COUNT": np.array([1], np.int32),
@@ -38,7 +40,7 @@ def frame(number: int, decoded_at: float, color: tuple[int, int, int] = (10, 20,
     image[...] = color
     return Frame(
         stream_id=STREAM,
-        image=image,
+        pixels=image,
         frame_number=number,
         time_offset=number / 25,
         decoded_at=decoded_at,

@@ -30,6 +30,8 @@ import av
 import numpy as np
 import pytest
 
+from lva_core.inference.frame_format import FrameFormat
+from lva_core.pipeline import pixels as pixels_module
 from lva_core.pipeline.frame import Frame
 from lva_core.pipeline.geometry import rect_to_rotated, rect_to_source
 from lva_core.pipeline.source import hwaccel
@@ -239,18 +241,44 @@ def test_hwaccel_cuda_insists_and_fails_the_stream_for_good_without_a_device(cli
     assert "hardware decoding (decoder.hwaccel: cuda) is unavailable here" in str(error)
 
 
-def test_the_conversion_is_pyav_s_through_one_reformatter_per_stream(clip: Path) -> None:
-    """The stream's reformatter (one thread, built once) gives PyAV's own pixels, frame after frame."""
+def test_the_hot_path_builds_one_swscale_context_per_format_not_per_frame(
+    clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over 200 frames, in three formats at once, the stream builds three reformatters (each one
+    swscale context, reused: sws_getCachedContext keeps it while the sizes stay) and the pixels
+    are PyAV's own: full RGB equal to ``to_ndarray("rgb24")``, I420 to ``to_ndarray("yuv420p")``.
+    ``to_ndarray(format=...)`` would build a context, and its slice threads, for every frame."""
+    built: list[object] = []
+    real = pixels_module.VideoReformatter
+
+    def counting() -> object:
+        built.append(real())
+        return built[-1]
+
+    monkeypatch.setattr(pixels_module, "VideoReformatter", counting)
     transform = FrameTransform(SourceSpec(reference=str(clip)))
-    reformatter = transform._rgb
-    with av.open(str(clip)) as container:
-        for number, frame in enumerate(container.decode(video=0)):
-            image, offset, size = transform(frame)
-            assert np.array_equal(image, frame.to_ndarray(format="rgb24")), number
-            assert (offset, size) == ((0, 0), (frame.width, frame.height))
-            if number == 10:
-                break
-    assert transform._rgb is reformatter
+    scaled, i420 = FrameFormat("rgb", (300, 300)), FrameFormat("i420")
+    frames = 0
+    for frame in itertools.islice(_looped(clip), 200):
+        pixels, offset, size = transform(frame)
+        full = pixels.rgb()
+        if frames % 50 == 0:
+            assert np.array_equal(full, frame.to_ndarray(format="rgb24")), frames
+            assert np.array_equal(pixels.array(i420), frame.to_ndarray(format="yuv420p")), frames
+        assert pixels.array(scaled).shape == (300, 300, 3)
+        assert (offset, size) == ((0, 0), (frame.width, frame.height))
+        frames += 1
+    assert frames == 200
+    # Full RGB; the 300x300 format's two steps (scaled in YUV, then converted); I420 needs none.
+    assert len(built) == 3, built
+    assert transform.converter.contexts == 3
+
+
+def _looped(clip: Path) -> Iterator[Any]:
+    """The clip's frames, over and over."""
+    while True:
+        with av.open(str(clip)) as container:
+            yield from container.decode(video=0)
 
 
 @pytest.mark.parametrize("rotation", [90, 180, 270])
@@ -706,3 +734,27 @@ def test_close_from_another_thread_stops_the_reader(rtsp: rtsp_server.RtspServer
     reader.join(5.0)  # a packet is 40 ms at 25 fps: the rest is slack for a loaded machine
     assert not reader.is_alive() and not errors
     source.close()  # idempotent
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_i420_and_scaled_formats_take_the_roi_of_the_picture(clip: Path, rotation: int) -> None:
+    """The ROI (odd edges on purpose) in I420 is the RGB picture's rectangle widened to even
+    coordinates: converted back, it matches the RGB picture where the two overlap; scaled, it
+    is the RGB picture resized."""
+    frames, _ = read_all(clip, rate_period=50, rotation=rotation, roi=(13, 7, 301, 155), roi_mode="abs")
+    assert frames
+    for frame in frames:
+        rgb = frame.image.astype(int)
+        h, w = rgb.shape[:2]
+        planes = frame.pixels.array(FrameFormat("i420"))
+        eh, ew = planes.shape[0] * 2 // 3, planes.shape[1]
+        assert (ew, eh) == (w + 1, h + 1)  # 13 and 7 are odd: widened by one to 12 and 6
+        back = av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="rgb24").astype(int)
+        assert np.abs(back[1 : 1 + h, 1 : 1 + w] - rgb).mean() < 2.0
+        small = frame.pixels.array(FrameFormat("rgb", (100, 50))).astype(int)
+        assert small.shape == (50, 100, 3)
+        reference = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.image), format="rgb24")
+        expected = reference.reformat(width=100, height=50, interpolation="AREA").to_ndarray().astype(int)
+        assert np.abs(small - expected).mean() < 4.0
+        fit = frame.pixels.array(FrameFormat("rgb", (640, 480), "fit"))
+        assert fit.shape[1] == 640 or fit.shape[0] == 480

@@ -24,6 +24,7 @@ import av.error
 
 from lva_common.config import mask_url
 from lva_core.pipeline.frame import Frame
+from lva_core.pipeline.pixels import FormatLearner
 from lva_core.pipeline.source.errors import SourceError, classify
 from lva_core.pipeline.source.hwaccel import accelerator
 from lva_core.pipeline.source.reference import local_path, validate_reference
@@ -46,9 +47,11 @@ class VideoSource:
     thread finishes last, never under a running read.
     """
 
-    def __init__(self, spec: SourceSpec, stream_id: str) -> None:
+    def __init__(self, spec: SourceSpec, stream_id: str, learner: FormatLearner | None = None) -> None:
         self.spec = spec
         self.stream_id = stream_id
+        # The formats the stream's models asked for: made here, in the decoding thread.
+        self.learner = learner
         self.stats = SourceStats()
         self.live = spec.kind == "stream"
         self._container: Any = None
@@ -195,7 +198,7 @@ class VideoSource:
         rate = stream.average_rate or stream.guessed_rate
         frame_duration = 1.0 / float(rate) if rate else 0.04
         numbering, clock = Numbering(), StreamClock(time_base, frame_duration, self.live)
-        sampler, transform = Sampler(spec.rate_period, spec.rate_unit), FrameTransform(spec)
+        sampler, transform = Sampler(spec.rate_period, spec.rate_unit), FrameTransform(spec, self.learner)
         # (index of the packet, its time) of the last keyframe packets: the GOP as it really is.
         keyframes: deque[tuple[int, float]] = deque(maxlen=_KEYFRAMES_TO_TRUST)
         catching_up = False
@@ -271,7 +274,9 @@ class VideoSource:
                 stats.skipped += skipped
                 if not sampler.take(number, offset):
                     continue
-                image, roi_offset, size = transform(frame)
+                pixels, roi_offset, size = transform(frame)
+                if self.learner is not None:
+                    pixels.prepare(self.learner.next_frame())
                 if transform.roi_missed and not self._roi_warned:
                     self._roi_warned = True
                     log.warning(
@@ -284,7 +289,7 @@ class VideoSource:
                 stats.tick(now)
                 yield Frame(
                     stream_id=self.stream_id,
-                    image=image,
+                    pixels=pixels,
                     frame_number=number,
                     time_offset=offset,
                     decoded_at=time.monotonic(),

@@ -1,4 +1,4 @@
-"""Rotation, ROI and the one RGB conversion of a sampled frame (FFmpeg filters and swscale)."""
+"""Rotation and ROI of a sampled frame (FFmpeg filters), which becomes its Pixels."""
 
 from __future__ import annotations
 
@@ -8,34 +8,35 @@ from typing import Any
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from lva_core.pipeline.geometry import Rect, rect_to_rotated, rect_to_source, roi_rect, rotated_size
+from lva_core.pipeline.pixels import Converter, FormatLearner, Pixels
 from lva_core.pipeline.source.spec import SourceSpec
 
 
 class FrameTransform:
-    """Rotation, ROI and the one RGB conversion of a sampled frame.
+    """Rotation and ROI of a sampled frame, which becomes the frame's ``Pixels``.
 
-    Without rotation: swscale converts the whole frame (the one copy) and the ROI is a view.
-    With rotation: an FFmpeg filter graph crops the ROI (pointer arithmetic, on a rectangle
-    widened to even coordinates so that 4:2:0 chroma stays aligned) and rotates it (transpose,
-    or vflip+hflip for 180; a copy of the YUV pixels of the ROI only), then swscale converts the
-    result; a view trims the widening. The graph is rebuilt when the frame's size changes.
+    Without rotation: the decoder's frame and the ROI's rectangle in it; converting (to what the
+    models declare) happens in ``Pixels``, and full-size RGB's ROI is a view of the one
+    conversion. With rotation: an FFmpeg filter graph crops the ROI (pointer arithmetic, on a
+    rectangle widened to even coordinates so that 4:2:0 chroma stays aligned) and rotates it
+    (transpose, or vflip+hflip for 180; a copy of the YUV pixels of the ROI only); the picture
+    is the ROI's rectangle in the result. The graph is rebuilt when the frame's size changes.
     """
 
-    def __init__(self, spec: SourceSpec) -> None:
+    def __init__(self, spec: SourceSpec, learner: FormatLearner | None = None) -> None:
         self.spec = spec
         self._graph: Any = None
         self._key: tuple[Any, ...] | None = None
         self._trim: Rect = (0, 0, 0, 0)
         self.roi_missed = False  # the ROI lay outside a frame, which was delivered whole
-        # One reformatter per stream: ``to_ndarray(format=...)`` builds a new one (an swscale
-        # context and its slice threads, cpu_count + 1 of them) for every frame. One thread:
-        # each stream converts in its own decoding thread already, so slices only add wake-ups.
-        self._rgb = VideoReformatter()
+        # One set of swscale contexts per stream: ``to_ndarray(format=...)`` builds a new one (and
+        # its slice threads, cpu_count + 1 of them) for every frame.
+        self.converter = Converter()
+        self.learner = learner
 
-    def __call__(self, frame: Any) -> tuple[np.ndarray[Any, Any], tuple[int, int], tuple[int, int]]:
+    def __call__(self, frame: Any) -> tuple[Pixels, tuple[int, int], tuple[int, int]]:
         rotation = self.spec.rotation % 360
         width, height = int(frame.width), int(frame.height)
         size = rotated_size(width, height, rotation)
@@ -44,23 +45,18 @@ class FrameTransform:
             self.roi_missed, rect = True, (0, 0, *size)
         x, y, w, h = rect
         if rotation == 0:
-            image = self.rgb(frame)
-            if (w, h) != size:
-                image = image[y : y + h, x : x + w]
-            return image, (x, y), size
+            return Pixels(frame, rect, self.converter, self.learner), (x, y), size
         key = (width, height, frame.format.name, rotation, x, y, w, h)
         if key != self._key:
             self._build(key, frame.time_base)
         self._graph.push(frame)
-        image = self.rgb(self._graph.pull())
-        tx, ty, tw, th = self._trim
-        if (tw, th) != (image.shape[1], image.shape[0]):
-            image = image[ty : ty + th, tx : tx + tw]
-        return image, (x, y), size
+        return Pixels(self._graph.pull(), self._trim, self.converter, self.learner), (x, y), size
 
     def rgb(self, frame: Any) -> np.ndarray[Any, Any]:
-        """The frame as uint8 RGB ``[H, W, 3]``: the conversion, through this stream's reformatter."""
-        image: np.ndarray[Any, Any] = self._rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        """The frame as uint8 RGB ``[H, W, 3]``: the conversion, through this stream's contexts."""
+        image: np.ndarray[Any, Any] = self.converter.reformat(
+            frame, "rgb24", int(frame.width), int(frame.height)
+        ).to_ndarray()
         return image
 
     def _build(self, key: tuple[Any, ...], time_base: Fraction | None) -> None:
