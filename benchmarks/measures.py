@@ -162,6 +162,8 @@ async def model_only(ctx: Context) -> dict[str, Any]:
     perf_analyzer, which the wheel does not ship, over the same transport as the pipeline.
     """
     from lva_core.inference.client import TritonClient
+    from lva_core.inference.frame_format import frame_format
+    from lva_core.pipeline.pixels import Pixels
 
     image = first_frame(ctx.live_clip)
     runs = []
@@ -170,15 +172,18 @@ async def model_only(ctx: Context) -> dict[str, Any]:
     try:
         for model in (PROBE_MODEL, DETECTOR_MODEL):
             info = await client.model_info(model)
+            # What the core ships this model: the frame in the format its config.pbtxt declares.
+            shipped = np.ascontiguousarray(Pixels.of_rgb(image).array(frame_format(info)))
             for batch in ctx.sizes.model_batches:
                 batch = min(batch, info.max_batch_size) if info.batches else 1
                 ctx.tick(f"model {model} x{batch}")
-                runs.append(await _model_loop(ctx, client, info, image, batch, concurrency=2))
+                runs.append(await _model_loop(ctx, client, info, shipped, batch, concurrency=2))
     finally:
         await client.close()
     return {
         "method": (
-            "Each model alone on one 720p frame of the clip, batches of 1 and 8, two requests in "
+            "Each model alone on one 720p frame of the clip in the frame format the model declares "
+            "(what the core ships it), batches of 1 and 8, two requests in "
             "flight, through the core's own Triton client (system shared memory), for a fixed time. "
             "items_per_s is what the model can take; compute_infer comes from Triton's statistics."
         ),
