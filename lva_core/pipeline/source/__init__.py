@@ -2,8 +2,8 @@
 
 ``reader.VideoSource`` drives the other modules: ``reference`` (what may be opened),
 ``errors`` (what a failure is), ``spec`` (what to deliver), ``timing`` (frame numbers, clocks,
-sampling, lag), ``transform`` (rotation, ROI, the RGB conversion). Geometry shared with the
-analytics is in ``lva_core.pipeline.geometry``.
+sampling, lag), ``transform`` (rotation, ROI; the conversions are in ``lva_core.pipeline.pixels``).
+Geometry shared with the analytics is in ``lva_core.pipeline.geometry``.
 
 Decisions, with the measurements behind them (PyAV 18 with its bundled FFmpeg 8):
 
@@ -28,15 +28,16 @@ Decisions, with the measurements behind them (PyAV 18 with its bundled FFmpeg 8)
   0.2 s a frame: 6.5 s behind after 8 s without it, never more than 1.2 s with ``max_lag=1``.
   Not for HLS: it delivers whole segments at once, so media time is ahead and behind by a
   segment by design, and FFmpeg's HLS demuxer itself skips segments that left the playlist.
-* **Pixels.** Only sampled frames are converted, once, by swscale, through one reformatter per
-  stream with one thread (``FrameTransform.rgb``; ``to_ndarray("rgb24")`` would build a new
-  swscale context and its ``cpu_count + 1`` slice threads for every frame):
-  that is the one copy of a frame without rotation, and the ROI is a numpy view of it. Rotation
-  is done by FFmpeg filters on the YUV frame, after cropping the ROI there (``crop`` only moves
-  pointers): numpy's ``rot90`` plus a contiguous copy costs ~4.5 ms for 720p, ``transpose`` plus
-  conversion ~1.4 ms, and ~0.4 ms for half the frame. ``Frame.image`` may have padded rows
-  (``strides[0] > width * 3``) when ``width * 3`` is not a multiple of the alignment; pixels
-  within a row are contiguous.
+* **Pixels.** A sampled frame stays the decoder's frame (``Pixels``, lva_core/pipeline/pixels.py)
+  and becomes what its models declare (full RGB, RGB scaled to the network, or the I420 planes
+  copied straight into shared memory), each conversion through one swscale context per stream
+  and format with one thread (``to_ndarray("rgb24")`` would build a new context and its
+  ``cpu_count + 1`` slice threads for every frame). Full RGB's ROI is a numpy view of the one
+  conversion. Rotation is done by FFmpeg filters on the YUV frame, after cropping the ROI there
+  (``crop`` only moves pointers): numpy's ``rot90`` plus a contiguous copy costs ~4.5 ms for
+  720p, ``transpose`` plus conversion ~1.4 ms, and ~0.4 ms for half the frame. ``Frame.image``
+  may have padded rows (``strides[0] > width * 3``) when ``width * 3`` is not a multiple of
+  the alignment; pixels within a row are contiguous.
 * **Corrupt data.** An undecodable packet (bit errors, a truncated file's last frame) is
   counted and skipped, as players do; ``MAX_CONSECUTIVE_DECODE_ERRORS`` in a row, or a file
   that yields no frame at all, is ``corrupt_data``. A file that cannot be parsed is
