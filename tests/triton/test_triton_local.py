@@ -107,26 +107,34 @@ async def test_frame_stats_answers_each_request_of_a_dynamic_batch(
     triton: LocalTriton, client: grpcclient.InferenceServerClient
 ) -> None:
     # Eight concurrent single-image requests are batched into fewer executions; each response
-    # must still belong to its own request.
-    photo = data.astronaut()[:128, :128]
+    # must still belong to its own request. Whether a burst batches depends on timing (with no
+    # queue delay, requests merge only when they arrive while the model is busy, and on a loaded
+    # machine the client may send them one by one): so up to five bursts, and one must batch.
+    photo = data.astronaut()
     images = [np.roll(photo, shift * 7, axis=1) // (shift + 1) for shift in range(8)]
-    before = await client.get_inference_statistics("frame_stats", as_json=True)
-    results = await asyncio.gather(*(frame_stats(client, image[np.newaxis]) for image in images))
-    for image, (mean_rgb, count) in zip(images, results, strict=True):
-        np.testing.assert_allclose(mean_rgb[0], image.mean(axis=(0, 1), dtype=np.float64), rtol=0, atol=1e-3)
-        assert count.tolist() == [[1]]
-    stats_before = before["model_stats"][0]
-    # Triton updates its statistics just after it answers: wait until all eight show.
-    for _ in range(50):
-        after = await client.get_inference_statistics("frame_stats", as_json=True)
-        stats_after = after["model_stats"][0]
-        inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
-        executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
-        if inferences >= 8:
+    batched = []
+    for _burst in range(5):
+        before = await client.get_inference_statistics("frame_stats", as_json=True)
+        results = await asyncio.gather(*(frame_stats(client, image[np.newaxis]) for image in images))
+        for image, (mean_rgb, count) in zip(images, results, strict=True):
+            expected = image.mean(axis=(0, 1), dtype=np.float64)
+            np.testing.assert_allclose(mean_rgb[0], expected, rtol=0, atol=1e-3)
+            assert count.tolist() == [[1]]
+        stats_before = before["model_stats"][0]
+        # Triton updates its statistics just after it answers: wait until all eight show.
+        for _ in range(50):
+            after = await client.get_inference_statistics("frame_stats", as_json=True)
+            stats_after = after["model_stats"][0]
+            inferences = int(stats_after["inference_count"]) - int(stats_before.get("inference_count", 0))
+            executions = int(stats_after["execution_count"]) - int(stats_before.get("execution_count", 0))
+            if inferences >= 8:
+                break
+            await asyncio.sleep(0.1)
+        assert inferences == 8
+        batched.append(executions)
+        if executions < inferences:
             break
-        await asyncio.sleep(0.1)
-    assert inferences == 8
-    assert executions < inferences
+    assert min(batched) < 8, f"no burst was batched: executions per burst {batched}"
 
 
 async def test_check_triton_healthy_and_missing_model(triton: LocalTriton) -> None:
