@@ -8,6 +8,8 @@ directory on ``sys.path`` (``tools/sync_model_kit.py`` writes the copies).
   (the pure-Python file of the nvidia-pytriton wheel) and the real ``config.pbtxt`` files parsed
   into the JSON that the backend hands to ``initialize``.
 * Provider selection against the real ONNX Runtime of the Triton environment.
+* Frame formats: the ``frame_format`` declaration, and ``rgb_from_i420`` against PyAV's own
+  conversion (swscale) of real photographs, at full size and resized, in both environments.
 * The check that every copy equals the source, and the copy tool itself.
 * Real tritonserver loads: the models import their copy, and a model whose config.pbtxt lacks a
   required parameter fails to load with the kit's one message, in the load error and in the log.
@@ -20,20 +22,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import av
 import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc.aio as grpcclient
 from google.protobuf import json_format, text_format
+from PIL import Image
+from skimage import data
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -41,6 +47,7 @@ from lva_core.runtime.triton_server import LocalTriton
 from lva_testkit.paths import MODEL_REPOSITORY, REPO, TRITON_ENV
 from lva_testkit.triton import local_triton
 from tools import sync_model_kit
+from tools.models import testdata
 
 KIT_SOURCE = MODEL_REPOSITORY / "lva_model_kit.py"
 MODELS = ("face_attributes", "face_detector", "frame_stats", "person_detector")
@@ -295,6 +302,229 @@ def test_group_by_shape_keeps_request_order(kit: ModuleType) -> None:
 def test_group_by_shape_of_nothing(kit: ModuleType) -> None:
     assert kit.group_by_shape([]) == []
     assert kit.group_by_shape([None, None]) == []
+
+
+# --- frame formats -----------------------------------------------------------------------------
+
+
+def with_frame_format(model: str, value: str | None, dims: list[int] | None = None) -> dict[str, Any]:
+    """``model``'s config JSON with ``frame_format`` set to ``value`` (None: absent), and the
+    IMAGE dims replaced by ``dims`` when given."""
+    config = model_config(model)
+    parameters = config.setdefault("parameters", {})
+    for key in ("frame_format", "frame_size", "frame_resize"):
+        parameters.pop(key, None)
+    if value is not None:
+        parameters["frame_format"] = {"string_value": value}
+    if dims is not None:
+        (image,) = [tensor for tensor in config["input"] if tensor["name"] == "IMAGE"]
+        image["dims"] = [str(d) for d in dims]
+    return config
+
+
+@pytest.mark.parametrize(
+    ("value", "dims", "expected"),
+    [
+        (None, None, "rgb"),
+        ("rgb", None, "rgb"),
+        ("", None, "rgb"),
+        ("i420", [-1, -1], "i420"),
+        # As leniently as the core reads it.
+        (" I420 ", [-1, -1], "i420"),
+    ],
+)
+def test_frame_format_reads_the_declaration(
+    kit: ModuleType, value: str | None, dims: list[int] | None, expected: str
+) -> None:
+    assert kit.frame_format(with_frame_format("person_detector", value, dims)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "dims", "message"),
+    [
+        (
+            "yuv420p",
+            None,
+            r"person_detector: the parameter 'frame_format' in config\.pbtxt is 'yuv420p', .*rgb, i420",
+        ),
+        # A declaration that the IMAGE input cannot carry fails the load, not every request.
+        ("i420", None, r"frame_format 'i420' needs the IMAGE dims \[ -1, -1 \] .* declares \[-1, -1, 3\]"),
+        ("rgb", [-1, -1], r"frame_format 'rgb' needs the IMAGE dims \[ -1, -1, 3 \] .* declares \[-1, -1\]"),
+        (None, [-1, -1], r"frame_format 'rgb' needs the IMAGE dims"),
+    ],
+)
+def test_a_frame_format_the_model_cannot_take_fails_the_load(
+    kit: ModuleType, value: str | None, dims: list[int] | None, message: str
+) -> None:
+    with pytest.raises(kit.ModelConfigError, match=message):
+        kit.frame_format(with_frame_format("person_detector", value, dims))
+
+
+def test_i420_size_of_a_batch(kit: ModuleType) -> None:
+    assert kit.i420_size((4, 1080, 1280)) == (1280, 720)
+    assert kit.i420_size((1, 3, 2)) == (2, 2)
+    for shape in [
+        (1, 720, 1280, 3),
+        (1080, 1280),
+        (1, 1080, 1279),
+        (1, 1079, 1280),
+        (1, 0, 4),
+    ]:
+        with pytest.raises(ValueError, match=r"an I420 IMAGE must be \[N, H\*3/2, W\]"):
+            kit.i420_size(shape)
+
+
+def yuv420p(image: np.ndarray) -> av.VideoFrame:
+    """A photograph as a decoder hands it over: yuv420p (swscale's BT.601 limited range), with
+    its odd last row and column dropped, as the core drops them."""
+    picture = np.repeat(image[..., np.newaxis], 3, axis=2) if image.ndim == 2 else image
+    height, width = picture.shape[0] & ~1, picture.shape[1] & ~1
+    rgb = np.ascontiguousarray(picture[:height, :width])
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+
+
+def packed(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's planes without their line padding, one after the other: I420 [H*3/2, W]."""
+    planes = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        planes.append(rows[:, : plane.width].ravel())
+    return np.concatenate(planes).reshape(frame.height * 3 // 2, frame.width)
+
+
+@pytest.fixture(scope="module")
+def photographs(fetched_test_file: Callable[[str], None]) -> dict[str, av.VideoFrame]:
+    """Real photographs as yuv420p frames: scikit-image's, and a 1280x720 cut of the group photo."""
+    fetched_test_file(testdata.GROUP_PHOTO.name)
+    with Image.open(testdata.path(testdata.GROUP_PHOTO)) as image:
+        group = np.asarray(image.convert("RGB"))
+    pictures = {
+        "astronaut": data.astronaut(),
+        "cameraman": data.camera(),  # greyscale: U = V = 128
+        "coffee": data.coffee(),
+        "cat": data.chelsea(),  # 451 wide: cut to 450
+        "rocket": data.rocket(),  # 427 high: cut to 426, so H/2 is odd and U starts mid-row
+        "group-720p": group[83:803],
+    }
+    return {name: yuv420p(picture) for name, picture in pictures.items()}
+
+
+# swscale's x86 converter, which the kit reproduces (fixed point and flooring); elsewhere swscale
+# runs other code and may differ by one here and there.
+X86 = platform.machine().lower() in {"x86_64", "amd64"}
+
+
+def test_rgb_from_i420_is_swscales_conversion_at_full_size(
+    kit: ModuleType, photographs: dict[str, av.VideoFrame]
+) -> None:
+    for name, frame in photographs.items():
+        planes = packed(frame)
+        np.testing.assert_array_equal(planes, frame.to_ndarray())  # PyAV's own I420 layout
+        ours = kit.rgb_from_i420(planes[np.newaxis])
+        theirs = frame.reformat(format="rgb24").to_ndarray()
+        assert ours.shape == (1, frame.height, frame.width, 3) and ours.dtype == np.uint8
+        difference = np.abs(ours[0].astype(np.int16) - theirs)
+        # Measured here (x86-64, FFmpeg 8.1 of the PyAV wheel): 0 on every photograph. Rounding
+        # to nearest instead of flooring each term as swscale does gives a mean of 1.07.
+        if X86:
+            assert difference.max() == 0, f"{name}: {difference.mean():.3f} mean, {difference.max()} max"
+        assert difference.mean() <= 0.5 and difference.max() <= 2, name
+
+
+def test_rgb_from_i420_of_a_batch_equals_each_frame_alone(kit: ModuleType) -> None:
+    rng = np.random.default_rng(7)
+    batch = rng.integers(0, 256, (5, 426 * 3 // 2, 640), dtype=np.uint8)
+    for size in (None, (300, 300), (64, 48)):
+        together = kit.rgb_from_i420(batch, size)
+        for index in range(batch.shape[0]):
+            np.testing.assert_array_equal(
+                together[index : index + 1], kit.rgb_from_i420(batch[index : index + 1], size)
+            )
+    # Any bytes, extremes included: still swscale's, clamped at 0 and 255.
+    frame = av.VideoFrame.from_ndarray(batch[0], format="yuv420p")
+    theirs = frame.reformat(format="rgb24").to_ndarray()
+    ours = kit.rgb_from_i420(batch[:1])[0]
+    assert np.abs(ours.astype(np.int16) - theirs).max() <= (0 if X86 else 2)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(300, 300), (640, 360), (301, 199), (7, 5), (1, 1), (2560, 1440)]
+)
+def test_resizing_is_nearest_neighbour_at_pixel_centres(kit: ModuleType, width: int, height: int) -> None:
+    # Output pixel (i, j) is the full-size conversion's pixel under ((j + 0.5) W / w, (i + 0.5) H / h),
+    # chroma included, whatever the size: exactly, so the sampling phase is checked too.
+    rng = np.random.default_rng(11)
+    planes = rng.integers(0, 256, (2, 720 * 3 // 2, 1280), dtype=np.uint8)
+    full = kit.rgb_from_i420(planes)
+    rows = (np.arange(height) * 2 + 1) * 720 // (2 * height)
+    cols = (np.arange(width) * 2 + 1) * 1280 // (2 * width)
+    resized = kit.rgb_from_i420(planes, (width, height))
+    assert resized.shape == (2, height, width, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized, full[:, rows][:, :, cols])
+    # Half size: the odd rows and columns; double: each pixel four times.
+    np.testing.assert_array_equal(kit.rgb_from_i420(planes, (640, 360)), full[:, 1::2, 1::2])
+    np.testing.assert_array_equal(
+        kit.rgb_from_i420(planes[:1], (2560, 1440))[0], full[0].repeat(2, 0).repeat(2, 1)
+    )
+    np.testing.assert_array_equal(kit.rgb_from_i420(planes, (1280, 720)), full)
+
+
+def test_resized_conversion_is_close_to_pyavs_resized_frame(
+    kit: ModuleType, photographs: dict[str, av.VideoFrame]
+) -> None:
+    # PyAV's reformat to the same size filters (bilinear); nearest neighbour does not, so they
+    # differ at edges, and swscale's scaled path rounds a little differently. Measured on these
+    # photographs: mean absolute difference 1.6 to 5.2 of 255, the mean of a channel off by at
+    # most 2.04 (upscaled x2); a wrong matrix, range or channel order is tens of levels away.
+    for name, frame in photographs.items():
+        planes = packed(frame)[np.newaxis]
+        for width, height in [(300, 300), (640, 360), (301, 199), (frame.width * 2, frame.height * 2)]:
+            ours = kit.rgb_from_i420(planes, (width, height))[0]
+            assert ours.shape == (height, width, 3), (name, width, height)
+            theirs = frame.reformat(format="rgb24", width=width, height=height).to_ndarray()
+            difference = ours.astype(np.float64) - theirs
+            assert np.abs(difference).mean() <= 6, (name, width, height, np.abs(difference).mean())
+            assert np.abs(difference.mean(axis=(0, 1))).max() <= 3, (
+                name,
+                width,
+                height,
+                difference.mean(axis=(0, 1)),
+            )
+
+
+def test_rgb_from_i420_refuses_what_is_not_i420(kit: ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"got shape \[1, 720, 1280, 3\]"):
+        kit.rgb_from_i420(np.zeros((1, 720, 1280, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"W and H even .* got shape \[1, 9, 7\]"):
+        kit.rgb_from_i420(np.zeros((1, 9, 7), np.uint8))
+    with pytest.raises(ValueError, match="must be uint8, got uint16"):
+        kit.rgb_from_i420(np.zeros((1, 9, 8), np.uint16))
+    with pytest.raises(ValueError, match=r"at least 1x1, got \(0, 300\)"):
+        kit.rgb_from_i420(np.zeros((1, 9, 8), np.uint8), (0, 300))
+
+
+def test_the_triton_environment_converts_the_same(kit: ModuleType, tmp_path: Path) -> None:
+    """The copy runs under the Triton environment's numpy (< 2): the same bytes as here."""
+    rng = np.random.default_rng(5)
+    planes = rng.integers(0, 256, (3, 426 * 3 // 2, 640), dtype=np.uint8)
+    np.save(tmp_path / "planes.npy", planes)
+    probe = f"""
+import sys
+sys.path[:0] = [{str(backend_python_dir())!r}, {str(MODEL_REPOSITORY / "person_detector" / "1")!r}]
+import numpy as np
+import lva_model_kit as kit
+planes = np.load({str(tmp_path / "planes.npy")!r})
+np.save({str(tmp_path / "full.npy")!r}, kit.rgb_from_i420(planes))
+np.save({str(tmp_path / "small.npy")!r}, kit.rgb_from_i420(planes, (300, 300)))
+print(np.__version__)
+"""
+    done = subprocess.run(
+        [str(TRITON_ENV / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1."), f"the Triton environment has numpy {done.stdout}"
+    np.testing.assert_array_equal(np.load(tmp_path / "full.npy"), kit.rgb_from_i420(planes))
+    np.testing.assert_array_equal(np.load(tmp_path / "small.npy"), kit.rgb_from_i420(planes, (300, 300)))
 
 
 # --- the copies --------------------------------------------------------------------------------
