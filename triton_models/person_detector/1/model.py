@@ -8,8 +8,18 @@ to 300x300 itself, and ends in box decoding and NMS, returning 100 rows per imag
 ``num_detections`` zero). So this file only has to group requests, drop rows below the threshold
 or of other classes, reorder the box corners and pad to ``max_detections``.
 
-Resizing is left to the graph on purpose: it costs a few ms per 720p frame against ~9 ms for
-the network, and doing it here would need an image library in the Triton environment.
+Frames come in the format that config.pbtxt declares (``frame_format``, read by the kit):
+
+* ``rgb`` (the default): IMAGE uint8 ``[N, H, W, 3]``, handed to the graph as it is. Resizing
+  is left to the graph: it costs a few ms per 720p frame against ~9 ms for the network.
+* ``i420``: IMAGE uint8 ``[N, H*3/2, W]``, the decoder's own yuv420p planes (half the bytes of
+  RGB). ``lva_model_kit.rgb_from_i420`` converts them to RGB straight at the network's
+  ``input_size`` (stretched, as the graph itself would), by nearest neighbour, about 1 ms of
+  CPU per 720p frame; the graph then has nothing left to resize. Boxes are fractions of the
+  frame either way, and the results match the rgb path's (tests/models/test_model_person_i420.py).
+
+A request whose IMAGE does not fit the declared format (wrong rank, empty, odd I420 sizes) fails
+on its own, with the reason; the other requests of the batch are answered.
 """
 
 from __future__ import annotations
@@ -29,19 +39,32 @@ GRAPH_OUTPUTS = ["boxes", "scores", "classes", "num_detections"]
 GRAPH_CLASS_TO_LABEL = {1: 0}
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` (the ``input_size`` parameter) as (W, H)."""
+    width, height = (int(part) for part in text.lower().split("x"))
+    if width < 1 or height < 1:
+        raise ValueError(f"{text!r} is not WxH with W, H >= 1")
+    return width, height
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         self.labels = [label.strip() for label in kit.parameter(config, "labels").split(",")]
         self.max_detections = kit.parameter(config, "max_detections", int)
         self.score_threshold = kit.parameter(config, "score_threshold", float)
+        self.frame_format = kit.frame_format(config)
+        # W x H of the network; I420 frames are converted to RGB at this size.
+        self.input_size = kit.parameter(config, "input_size", _size, (300, 300))
         if self.max_detections < 1:
             raise pb_utils.TritonModelException(f"max_detections must be >= 1, got {self.max_detections}")
         if max(GRAPH_CLASS_TO_LABEL.values()) >= len(self.labels):
             raise pb_utils.TritonModelException(f"labels {self.labels} too short for {GRAPH_CLASS_TO_LABEL}")
 
         self.session = kit.session(args, ONNX_FILE)
-        pb_utils.Logger.log_info(f"person_detector: {ONNX_FILE} on {self.session.get_providers()[0]}")
+        pb_utils.Logger.log_info(
+            f"person_detector: {ONNX_FILE} on {self.session.get_providers()[0]}, {self.frame_format} frames"
+        )
         # The first run allocates and plans; doing it now keeps it off the first real request.
         self.session.run(GRAPH_OUTPUTS, {GRAPH_INPUT: np.zeros((1, 300, 300, 3), np.uint8)})
 
@@ -53,17 +76,21 @@ class TritonPythonModel:
         frames: list[np.ndarray | None] = []
         for index, request in enumerate(requests):
             images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-            if images.shape[1] == 0 or images.shape[2] == 0:
-                message = f"IMAGE must not be empty, got shape {list(images.shape)}"
-                responses[index] = kit.error_response(message)
+            problem = self._check(images)
+            if problem is not None:
+                responses[index] = kit.error_response(problem)
                 frames.append(None)
             else:
                 frames.append(images)
 
         for group in kit.group_by_shape(frames):
             try:
-                outputs = self._detect(np.ascontiguousarray(group.batch))
-            # An ONNX Runtime failure fails these requests only, not the others of the batch.
+                if self.frame_format == kit.I420:
+                    images = kit.rgb_from_i420(group.batch, self.input_size)
+                else:
+                    images = np.ascontiguousarray(group.batch)
+                outputs = self._detect(images)
+            # A conversion or ONNX Runtime failure fails these requests only, not the others.
             except Exception as exc:
                 for index in group.members:
                     responses[index] = kit.error_response(f"person_detector inference failed: {exc}")
@@ -72,6 +99,20 @@ class TritonPythonModel:
                 tensors = [pb_utils.Tensor(name, array) for name, array in rows.items()]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
+
+    def _check(self, images: np.ndarray) -> str | None:
+        """Why one request's IMAGE cannot be used in the declared frame format; None if it can."""
+        if self.frame_format == kit.I420:
+            try:
+                kit.i420_size(images.shape)
+            except ValueError as exc:
+                return f"frame_format i420: {exc}"
+            return None
+        if images.ndim != 4 or images.shape[3] != 3:
+            return f"frame_format rgb: IMAGE must be [N, H, W, 3], got shape {list(images.shape)}"
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            return f"IMAGE must not be empty, got shape {list(images.shape)}"
+        return None
 
     def _detect(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on ``[B, H, W, 3]`` uint8 and shape its output to the contract."""
