@@ -1,7 +1,11 @@
 """people_counter: LUNA's "crowd" event, from a person detector's boxes.
 
-For each analysed frame the analytic counts the person detections whose box centre lies inside
-its ``roi``. A state machine turns these counts into events: the stream is "crowded" once
+For each analysed frame the analytic counts the person detections that stand in its zones:
+whose box centre lies inside its rectangle ``roi`` (LUNA's), or whose anchor point (``anchor``:
+the bottom centre of the box by default) lies in its polygon ``roi`` and ``droi``
+(lva_core/analytics/zones.py). Detections outside are neither counted nor listed.
+
+A state machine turns these counts into events: the stream is "crowded" once
 ``probe_count`` consecutive analysed frames count at least ``people_count_threshold`` people,
 and no longer crowded once ``probe_count`` consecutive analysed frames count fewer. Requiring
 several agreeing frames both ways (hysteresis) is what keeps one missed or one spurious
@@ -34,6 +38,15 @@ import numpy as np
 from lva_core.analytics.base import Event, InferFn
 from lva_core.analytics.detections import Detections, now_iso, rect
 from lva_core.analytics.validation import check_roi, json_path, roi_schema, validate
+from lva_core.analytics.zones import (
+    MAX_POLYGONS,
+    Zones,
+    anchor_schema,
+    anchors,
+    check_polygons,
+    polygon_schema,
+    polygons_schema,
+)
 from lva_core.images.policy import ImagePolicy, image_policy_schema
 from lva_core.images.request import ImageRequest
 from lva_core.pipeline.frame import Frame
@@ -49,10 +62,32 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "roi": roi_schema(
-            "only people whose box centre lies inside it are counted (the whole frame is still "
-            "analysed, so people cut by the roi's edge are found as well as any other)."
-        ),
+        # LUNA's rectangle, or (an array) polygons: one schema, as properties only apply to
+        # objects and items only to arrays, so that defaults are filled in either form.
+        "roi": {
+            **roi_schema(
+                "only people whose box centre lies inside it are counted (the whole frame is still "
+                "analysed, so people cut by the roi's edge are found as well as any other). "
+                "Instead of the rectangle, roi may be an array of polygons, as droi (and then "
+                "people count by their anchor point, as in droi); a person must pass both roi and "
+                "droi."
+            ),
+            "type": ["object", "array", "null"],
+            "items": polygon_schema(),
+            "minItems": 1,
+            "maxItems": MAX_POLYGONS,
+        },
+        "droi": {
+            **polygons_schema(
+                "LUNA's droi, a filter of the people found: only those standing in its polygons "
+                "are counted (the whole frame is still analysed). A polygon with exclude: true "
+                "takes the people standing in it out of the count instead. null (the default): no "
+                "filter."
+            ),
+            "type": ["array", "null"],
+            "default": None,
+        },
+        "anchor": anchor_schema(),
         "rate": {
             "type": "object",
             "description": (
@@ -96,7 +131,7 @@ SCHEMA: dict[str, Any] = {
             "minimum": 0,
             "default": 1,
             "description": (
-                "People (inside the roi) from which a frame counts as crowded. 0 makes every "
+                "People (standing in the roi and droi) from which a frame counts as crowded. 0 makes every "
                 "frame crowded: with the period trigger, the count is reported every interval."
             ),
         },
@@ -152,7 +187,7 @@ SCHEMA: dict[str, Any] = {
 }
 SCHEMA["properties"]["image_retain_policy"]["description"] += (
     " With the overview target: the image of overview.image, the analysed picture (after the "
-    "stream's rotation and the stream's roi crop; this analytic's own roi only filters people)."
+    "stream's rotation and the stream's roi crop; this analytic's own roi and droi only filter people)."
 )
 
 
@@ -160,7 +195,9 @@ SCHEMA["properties"]["image_retain_policy"]["description"] += (
 class Settings:
     """Validated parameters, typed (JSON numbers may arrive as floats, e.g. through protobuf Struct)."""
 
-    roi: Mapping[str, Any] | None
+    roi: Mapping[str, Any] | None  # LUNA's rectangle
+    zones: tuple[Zones, ...]  # the polygon roi and droi, each a filter the people must pass
+    anchor: str
     period: float
     unit: str
     probe_count: int
@@ -175,8 +212,12 @@ class Settings:
     @classmethod
     def parse(cls, parameters: Mapping[str, Any]) -> Settings:
         rate, policy, targets = parameters["rate"], parameters["event_policy"], parameters["targets"]
+        roi, droi = parameters["roi"], parameters["droi"]
+        polygons = [Zones.parse(area) for area in (roi, droi) if isinstance(area, list)]
         return cls(
-            roi=parameters["roi"],
+            roi=roi if isinstance(roi, Mapping) else None,
+            zones=tuple(polygons),
+            anchor=str(parameters["anchor"]),
             period=float(rate["period"]),
             unit=str(rate["unit"]),
             probe_count=int(parameters["probe_count"]),
@@ -222,7 +263,12 @@ class PeopleCounter:
 
     def validate(self, parameters: Mapping[str, Any], path: str) -> dict[str, Any]:
         validated = validate(SCHEMA, parameters, path)
-        check_roi(validated["roi"], json_path(path, ["roi"]))
+        roi = validated["roi"]
+        if isinstance(roi, list):
+            check_polygons(roi, json_path(path, ["roi"]))
+        else:
+            check_roi(roi, json_path(path, ["roi"]))
+        check_polygons(validated["droi"], json_path(path, ["droi"]))
         return validated
 
     def start(self, stream_id: str, parameters: Mapping[str, Any]) -> CounterState:
@@ -257,7 +303,9 @@ class PeopleCounter:
             return []
         settings = state.settings
         outputs = await infer("detector", {"IMAGE": frame.pixels})
-        found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
+        found = self._in_zones(
+            Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi), frame, settings
+        )
         boxes, scores, centres = found.boxes, found.scores, found.centres
         count = len(boxes)
 
@@ -285,6 +333,17 @@ class PeopleCounter:
             return []
         state.last_event_time = frame.time_offset
         return [self._event(frame, state, count, boxes, scores, centres)]
+
+    @staticmethod
+    def _in_zones(found: Detections, frame: Frame, settings: Settings) -> Detections:
+        """The detections whose anchor stands in every polygon filter (roi, droi) of ``settings``."""
+        if not settings.zones or len(found.boxes) == 0:
+            return found
+        points = anchors(found.boxes, settings.anchor)
+        keep = np.ones(len(points), dtype=bool)
+        for zones in settings.zones:
+            keep &= zones.passes(points, frame.source_size)
+        return Detections(found.rows[keep], found.boxes[keep], found.scores[keep], found.centres[keep])
 
     def _event(
         self,

@@ -123,6 +123,8 @@ def test_schemas_are_valid_draft_2020_12_with_valid_defaults(analytic: PeopleCou
 def test_people_counter_defaults_are_filled() -> None:
     assert PeopleCounter().validate({}, "analytics[0].parameters") == {
         "roi": None,
+        "droi": None,
+        "anchor": "bottom_center",
         "rate": {"period": 1, "unit": "second"},
         "probe_count": 2,
         "people_count_threshold": 1,
