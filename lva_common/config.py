@@ -80,7 +80,12 @@ DEFAULTS: dict[str, Any] = {
         # MLOps engineer points an analytic at another model by changing a name.
         "models": {
             "people_counter": {"detector": "person_detector"},
-            "human_tracking": {"detector": "face_detector", "attributes": "face_attributes"},
+            "human_tracking": {
+                "detector": "face_detector",
+                "attributes": "face_attributes",
+                "body_detector": "person_detector",
+            },
+            "line_crossing": {"detector": "person_detector"},
             "pipeline_probe": {"model": "frame_stats"},
         },
     },

@@ -17,6 +17,13 @@ gender are the running means of its per-frame estimates, so they firm up as it i
 An event's ``face_detection``, ``time_offset`` and ``frame_number`` describe one frame: the
 current one for start and update, the last one in which the face was seen for end.
 
+``detectors`` chooses what is tracked: ``["face"]`` (the default, all of the above), ``["body"]``
+or both. Bodies come from the ``body_detector`` role (a person detector of the detector contract,
+``person_detector`` by default) and go through a tracker of their own with the same settings; a
+body track's events carry ``body_detection`` (rect, score) and ``face_detection: null``, and no
+age or gender. Face and body tracks are independent: a person seen by both detectors has two
+tracks, not one. With both, the two detectors run on each frame concurrently.
+
 With the ``best_shot`` target a track keeps a crop of its best-scoring face so far: the face's
 box with a margin of ``_MARGIN`` of its size on each side, cut from the analysed picture (after
 the stream's rotation and roi crop) and copied only when a detection scores higher than every
@@ -26,6 +33,7 @@ the worker stores by ``image_retain_policy`` and replaces by its URL (update eve
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from collections.abc import Mapping
@@ -141,6 +149,20 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "detectors": {
+            "type": "array",
+            "items": {"enum": ["face", "body"]},
+            "uniqueItems": True,
+            "minItems": 1,
+            "default": ["face"],
+            "description": (
+                "What is tracked: face (the detector role, a face detector) and/or body (the "
+                "body_detector role, a person detector). Each kind has a tracker of its own with "
+                "the settings above; a body track's events carry body_detection (rect, score) "
+                "and face_detection null, and never age or gender. A person seen by both has a "
+                "face track and a body track."
+            ),
+        },
         "targets": {
             "type": "array",
             "items": {"enum": ["ags", "attributes", "best_shot"]},
@@ -149,12 +171,12 @@ SCHEMA: dict[str, Any] = {
             "description": (
                 "Estimations beyond face detection and tracking. ags (or its synonym attributes): "
                 "age in years and gender, with gender_score, averaged over the frames the track "
-                "was seen on. Without it, age, gender and gender_score are null. best_shot: the "
-                "start and end events carry best_shot, the URL (/1/images/{image_id}) of a crop "
-                "of the track's best-scoring face so far (its box with a margin, from the "
-                "analysed picture: after the stream's rotation and roi crop), stored by "
-                "image_retain_policy; null on update events, when the core keeps no images or "
-                "could not store it. Without it, events have no best_shot."
+                "was seen on (face tracks only). Without it, age, gender and gender_score are "
+                "null. best_shot: the start and end events carry best_shot, the URL "
+                "(/1/images/{image_id}) of a crop of the track's best-scoring face (or body) so "
+                "far (its box with a margin, from the analysed picture: after the stream's "
+                "rotation and roi crop), stored by image_retain_policy; null on update events, "
+                "when the core keeps no images or could not store it. Without it, events have no best_shot."
             ),
         },
         "image_retain_policy": image_policy_schema(),
@@ -179,6 +201,7 @@ class Settings:
     attributes: bool
     best_shot: bool
     image_policy: ImagePolicy
+    detectors: tuple[str, ...] = ("face",)
 
     @classmethod
     def parse(cls, parameters: Mapping[str, Any]) -> Settings:
@@ -196,7 +219,13 @@ class Settings:
             attributes=bool({"ags", "attributes"} & set(parameters["targets"])),
             best_shot="best_shot" in parameters["targets"],
             image_policy=ImagePolicy.from_parameters(parameters["image_retain_policy"]),
+            # Faces first: their events come first on a frame where both kinds have some.
+            detectors=tuple(kind for kind in ("face", "body") if kind in parameters["detectors"]),
         )
+
+
+# The role each kind of track is detected by.
+_ROLES = {"face": "detector", "body": "body_detector"}
 
 
 @dataclass
@@ -218,14 +247,22 @@ class TrackInfo:
     # better one replaces it, never overwrites it), and that face's score.
     best_shot: np.ndarray[Any, Any] | None = None
     best_score: float = -1.0
+    kind: str = "face"
 
 
 @dataclass
 class TrackingState:
     stream_id: str
     settings: Settings
-    tracker: Tracker
-    tracks: dict[int, TrackInfo] = field(default_factory=dict)
+    # One tracker per kind of track ("face", "body"), in the order of settings.detectors.
+    trackers: dict[str, Tracker]
+    # (kind, the tracker's track id) -> what the analytic keeps of the track.
+    tracks: dict[tuple[str, int], TrackInfo] = field(default_factory=dict)
+
+    @property
+    def tracker(self) -> Tracker:
+        """The first kind's tracker (the face tracker, unless only bodies are tracked)."""
+        return next(iter(self.trackers.values()))
 
 
 class HumanTracking:
@@ -236,9 +273,14 @@ class HumanTracking:
     description = (
         "Detects faces, tracks them across frames (IoU association, ByteTrack-style) and reports "
         "each track's start, periodic updates and end, with the face's box, score and landmarks "
-        "in source-frame pixels and, on request, its estimated age and gender."
+        "in source-frame pixels and, on request, its estimated age and gender; optionally tracks "
+        "bodies from a person detector too."
     )
-    roles: Mapping[str, str] = {"detector": "detector", "attributes": "face_attributes"}
+    roles: Mapping[str, str] = {
+        "detector": "detector",
+        "attributes": "face_attributes",
+        "body_detector": "detector",
+    }
 
     def parameters_schema(self) -> dict[str, Any]:
         # A copy: whoever renders or extends it must not change what validate uses.
@@ -251,33 +293,58 @@ class HumanTracking:
 
     def start(self, stream_id: str, parameters: Mapping[str, Any]) -> TrackingState:
         settings = Settings.parse(self.validate(parameters, "parameters"))
-        tracker = Tracker(
-            iou_threshold=settings.iou_threshold,
-            min_hits=settings.min_hits,
-            max_age=settings.max_age,
-            high_score=settings.start_score_threshold,
-        )
-        return TrackingState(stream_id, settings, tracker)
+        trackers = {
+            kind: Tracker(
+                iou_threshold=settings.iou_threshold,
+                min_hits=settings.min_hits,
+                max_age=settings.max_age,
+                high_score=settings.start_score_threshold,
+            )
+            for kind in settings.detectors
+        }
+        return TrackingState(stream_id, settings, trackers)
 
     async def process(self, frame: Frame, state: TrackingState, infer: InferFn) -> list[Event]:
+        kinds = state.settings.detectors
+        if len(kinds) == 1:
+            answers = [await infer(_ROLES[kinds[0]], {"IMAGE": frame.pixels})]
+        else:
+            # Both detectors at once; nothing of the state is touched before both have answered.
+            answers = list(
+                await asyncio.gather(*(infer(_ROLES[kind], {"IMAGE": frame.pixels}) for kind in kinds))
+            )
+        events: list[Event] = []
+        for kind, outputs in zip(kinds, answers, strict=True):
+            events.extend(await self._track(kind, outputs, frame, state, infer))
+        return events
+
+    async def _track(
+        self,
+        kind: str,
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        frame: Frame,
+        state: TrackingState,
+        infer: InferFn,
+    ) -> list[Event]:
+        """One kind's detections of this frame through its tracker: that kind's events."""
         settings = state.settings
-        outputs = await infer("detector", {"IMAGE": frame.pixels})
+        tracker = state.trackers[kind]
         found = Detections.in_roi(outputs, frame, settings.score_threshold, settings.roi)
         rows, boxes, scores = found.rows, found.boxes, found.scores
         all_boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4)  # normalised, for crops
-        landmarks = self._landmarks(outputs, rows, frame)
+        landmarks = self._landmarks(outputs, rows, frame) if kind == "face" else None
 
-        change = state.tracker.update(boxes, scores)
+        change = tracker.update(boxes, scores)
         # Every track matched on this frame, tentative ones included: their attribute estimates
         # count towards the means reported once they are confirmed.
-        seen = [track for track in state.tracker.tracks if track.detection is not None]
+        seen = [track for track in tracker.tracks if track.detection is not None]
         for track in seen:
             index = track.detection
             assert index is not None
-            info = state.tracks.get(track.track_id)
+            info = state.tracks.get((kind, track.track_id))
             if info is None:
-                info = state.tracks[track.track_id] = TrackInfo(
-                    str(uuid.uuid4()), {}, 0.0, None, frame.frame_number, frame.time_offset
+                info = state.tracks[(kind, track.track_id)] = TrackInfo(
+                    str(uuid.uuid4()), {}, 0.0, None, frame.frame_number, frame.time_offset, kind=kind
                 )
             info.rect = rect(boxes[index])
             info.score = round(float(scores[index]), 4)
@@ -287,33 +354,36 @@ class HumanTracking:
                 crop = _crop(frame.image, all_boxes[rows[index]])
                 if crop is not None:
                     info.best_shot, info.best_score = crop, float(scores[index])
-        if settings.attributes and seen:
+        if settings.attributes and kind == "face" and seen:
             await self._estimate(frame, state, infer, all_boxes, rows, seen)
         # Tentative tracks dropped by the tracker leave no trace here either.
-        live = {track.track_id for track in state.tracker.tracks}
+        live = {(kind, track.track_id) for track in tracker.tracks}
 
         events: list[Event] = []
         for track in change.ended:
-            info = state.tracks.pop(track.track_id)
+            info = state.tracks.pop((kind, track.track_id))
             if "end" in settings.phases:
                 events.append(self._event(state, info, "end"))
         for track in change.started:
-            info = state.tracks[track.track_id]
+            info = state.tracks[(kind, track.track_id)]
             self._emitted(info, frame)
             if "start" in settings.phases:
                 events.append(self._event(state, info, "start"))
         for track in change.updated:
-            info = state.tracks[track.track_id]
+            info = state.tracks[(kind, track.track_id)]
             if "update" in settings.phases and self._update_due(info, frame, settings):
                 self._emitted(info, frame)
                 events.append(self._event(state, info, "update"))
-        for track_id in [t for t in state.tracks if t not in live]:
-            del state.tracks[track_id]
+        for key in [k for k in state.tracks if k[0] == kind and k not in live]:
+            del state.tracks[key]
         return events
 
     def stop(self, state: TrackingState) -> list[Event]:
-        ended = state.tracker.close()
-        infos = [state.tracks.pop(track.track_id) for track in ended]
+        infos = [
+            state.tracks.pop((kind, track.track_id))
+            for kind, tracker in state.trackers.items()
+            for track in tracker.close()
+        ]
         state.tracks.clear()
         if "end" not in state.settings.phases:
             return []
@@ -355,7 +425,7 @@ class HumanTracking:
         for track in seen:
             assert track.detection is not None
             row = int(rows[track.detection])
-            info = state.tracks[track.track_id]
+            info = state.tracks[("face", track.track_id)]
             info.age_sum += float(ages[row])
             info.male_sum += float(males[row])
             info.estimates += 1
@@ -390,13 +460,19 @@ class HumanTracking:
             "event_create_time": now_iso(),
             "track_id": info.uid,
             "phase": phase,
-            "face_detection": {"rect": dict(info.rect), "score": info.score, "landmarks": info.landmarks},
+            "face_detection": (
+                {"rect": dict(info.rect), "score": info.score, "landmarks": info.landmarks}
+                if info.kind == "face"
+                else None
+            ),
             "age": age,
             "gender": gender,
             "gender_score": gender_score,
             "time_offset": info.time_offset,
             "frame_number": info.frame_number,
         }
+        if info.kind == "body":
+            event["body_detection"] = {"rect": dict(info.rect), "score": info.score}
         if state.settings.best_shot:
             shot = info.best_shot if phase != "update" else None
             # Stored and replaced by its URL by the worker (lva_core/images).

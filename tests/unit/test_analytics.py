@@ -155,6 +155,7 @@ def test_human_tracking_defaults_are_filled() -> None:
         "min_hits": 2,
         "max_age": 5,
         "event_policy": {"phases": ["start", "update", "end"], "update_interval": 1, "unit": "second"},
+        "detectors": ["face"],
         "targets": [],
         "image_retain_policy": {"mimetype": "image/jpeg", "quality": 0.9, "max_size": 1280, "ttl": 3600},
     }
