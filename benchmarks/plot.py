@@ -1,4 +1,4 @@
-"""One PNG of a results file, read at a glance: ten panels, one question each.
+"""One PNG of a results file, read at a glance: twelve panels, one question each.
 
 Each panel draws from its own section of the results and says "not measured" when that section
 is missing or failed, so a partial run still gives a picture of what it did measure.
@@ -262,6 +262,87 @@ def fleet_scaling(ax: Axes, results: dict[str, Any]) -> None:
         ax.set_xlabel("PostgreSQL statements per agent: " + ", ".join(parts), fontsize=7)
 
 
+def efficiency_real(ax: Axes, results: dict[str, Any]) -> None:
+    section = results["efficiency_real"]
+    runs = section["runs"]
+    xs = range(len(runs))
+    parts = (
+        (
+            -0.2,
+            (
+                ("decode_ms_per_frame", "bare decode", LIGHT),
+                ("model_ms_per_frame", "detector alone", CPU_MARK),
+            ),
+        ),
+        (0.2, (("core_ms_per_frame", "core", NEUTRAL), ("triton_ms_per_frame", "Triton", BAD))),
+    )
+    for offset, stack in parts:
+        bottoms = [0.0] * len(runs)
+        for key, label, color in stack:
+            values = [_num(r[key]) for r in runs]
+            ax.bar([x + offset for x in xs], values, 0.4, bottom=bottoms, color=color, label=label)
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        if offset > 0:
+            for x, run, top in zip(xs, runs, bottoms, strict=True):
+                ax.annotate(
+                    f"{_num(run['efficiency']):.2f}\n{_num(run['agent_overhead_ms']):+.1f} ms",
+                    (x + offset, top),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
+    ax.set_xticks(list(xs), [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
+    ax.set_ylabel("CPU ms per frame (left: unavoidable, right: stack)")
+    ax.margins(y=0.2)
+    clip = section["clip"]
+    ax.set_title(
+        f"Realistic clip ({_num(clip['video_kbps']) / 1000:.1f} Mb/s, person detector): "
+        f"efficiency, overhead (target {section['target']})",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper left", ncols=2)
+
+
+def capacity_compare(ax: Axes, results: dict[str, Any]) -> None:
+    limit_section, plain = results["capacity_vs_limit"], results["vs_plain_loop"]
+    bars = [
+        ("physical limit", _num(limit_section["limit_cameras"]), "", CPU_MARK),
+        (
+            "product",
+            _num(limit_section["capacity"]),
+            "≥ " if limit_section["lower_bound_only"] else "",
+            NEUTRAL,
+        ),
+        (
+            "plain loop",
+            _num(plain["plain_loop"]["capacity"]),
+            "≥ " if plain["plain_loop"]["lower_bound_only"] else "",
+            LIGHT,
+        ),
+    ]
+    xs = list(range(len(bars)))
+    drawn = ax.bar(xs, [b[1] for b in bars], 0.6, color=[b[3] for b in bars])
+    _bar_labels(ax, drawn, texts=[f"{prefix}{value:.3g}" for _, value, prefix, _ in bars])
+    ax.set_xticks(xs, [b[0] for b in bars])
+    ax.set_ylabel("720p25 cameras at 5 fps, frame age p99 < 1 s")
+    ax.margins(y=0.15)
+    cpu = plain.get("cpu_ms_per_analysed_frame") or {}
+    if cpu.get("cameras") is not None:
+        ax.set_xlabel(
+            f"CPU per analysed frame at {cpu['cameras']} cameras: product {_num(cpu['product']):.0f} ms, "
+            f"plain loop {_num(cpu['plain_loop']):.0f} ms",
+            fontsize=8,
+        )
+    ratio = _num(plain["ratio"])
+    ax.set_title(
+        f"Capacity / limit {_num(limit_section['ratio']):.2f} (target {limit_section['target']}), "
+        f"product / plain loop {'n/a' if ratio != ratio else f'{ratio:.2f}'}",
+        fontsize=9,
+    )
+
+
 PANELS: list[Panel] = [
     efficiency,
     batching,
@@ -273,11 +354,13 @@ PANELS: list[Panel] = [
     cost,
     fleet_failover,
     fleet_scaling,
+    efficiency_real,
+    capacity_compare,
 ]
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    figure, axes = plt.subplots(2, 5, figsize=(27, 9.5))
+    figure, axes = plt.subplots(2, 6, figsize=(32, 9.5))
     for ax, panel in zip(axes.flat, PANELS, strict=True):
         try:
             panel(ax, results)

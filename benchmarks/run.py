@@ -3,7 +3,8 @@
 It starts its own Triton, core and facade (and an RTSP server for live cameras) on free ports,
 measures what benchmarks/README.md describes, and writes ``<out>/<YYYY-MM-DD>T<HHMMSS>.json``
 with a PNG beside it, plus ``latest.json`` and ``latest.png``. ``--quick`` is the CI smoke run
-(about 3 minutes on two cores): small sizes, same measurements.
+(about 4 minutes on two cores): small sizes, same measurements. ``--only a,b`` measures only
+the sections named (``python -m benchmarks.run --list`` names them).
 
 It never fails on a slow figure. The exit status is 1 only when a measurement could not be
 taken (the suite is broken); the results written then say which one and why.
@@ -31,7 +32,7 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from benchmarks import fleet, measures
+from benchmarks import compare, fleet, measures
 from benchmarks.api import Api
 from benchmarks.plot import plot
 from benchmarks.stack import CACHE, TritonProbe, cached_clip, start_stack
@@ -66,16 +67,62 @@ class Progress:
         self.bar.close()
 
 
-def estimated_steps(sizes: measures.Sizes, rtsp: bool) -> int:
+Measure = Callable[[measures.Context], Awaitable[dict[str, Any]]]
+
+
+def sections(compared: compare.Sizes) -> list[tuple[str, Measure, bool]]:
+    """(name, measurement, whether it needs the RTSP server), in the order they run.
+
+    A name of several parts joined by ``+`` is one measurement that returns those sections (the
+    two capacity searches run step by step in turn, side by side).
+    """
+    return [
+        ("model_only", measures.model_only, False),
+        ("pipeline_efficiency", measures.pipeline, False),
+        ("latency_live", measures.live_latency, True),
+        ("time_to_first_event", measures.time_to_first_event, False),
+        ("capacity", measures.capacity, True),
+        ("efficiency_real", lambda ctx: compare.efficiency_real(ctx, compared), False),
+        ("capacity_vs_limit+vs_plain_loop", lambda ctx: compare.capacities(ctx, compared), True),
+        ("leaks.cycles", measures.leak_cycles, False),
+        ("leaks.soak", measures.soak, True),
+        ("fleet", fleet.section, False),  # skips its camera parts without RTSP itself
+    ]
+
+
+def section_names(compared: compare.Sizes) -> list[str]:
+    return [part for name, _, _ in sections(compared) for part in name.split("+")]
+
+
+def selected(name: str, only: set[str] | None) -> bool:
+    """Whether a measurement runs: all without --only, else those with a part named (or a parent)."""
+    if only is None:
+        return True
+    return any(part in only or part.split(".")[0] in only for part in name.split("+"))
+
+
+def estimated_steps(
+    sizes: measures.Sizes, compared: compare.Sizes, rtsp: bool, only: set[str] | None = None
+) -> int:
     steps = 3  # clips, services, writing
-    steps += 2 * len(sizes.model_batches)
-    steps += 3 * len(sizes.pipeline_streams) * sizes.pipeline_repeats
-    steps += 1 + 1  # time to first event (file, rtsp)
-    steps += 1  # leak cycles
+    counts = {
+        "model_only": 2 * len(sizes.model_batches),
+        "pipeline_efficiency": 3 * len(sizes.pipeline_streams) * sizes.pipeline_repeats,
+        "time_to_first_event": 1 + 1,  # file, rtsp
+        "leaks.cycles": 1,
+        "efficiency_real": 3 * len(compared.streams) * compared.repeats,
+        "fleet": fleet.steps(sizes, rtsp),
+    }
     if rtsp:
-        steps += len(sizes.latency_streams) + sizes.capacity_max_runs + 1  # + soak
-    steps += fleet.steps(sizes, rtsp)
-    return steps
+        counts.update(
+            {
+                "latency_live": len(sizes.latency_streams),
+                "capacity": sizes.capacity_max_runs,
+                "leaks.soak": 1,
+                "capacity_vs_limit+vs_plain_loop": 1 + 2 * compared.capacity_max_runs,
+            }
+        )
+    return steps + sum(n for name, n in counts.items() if selected(name, only))
 
 
 def _git(*args: str) -> str | None:
@@ -135,17 +182,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tuple[dict[str, Any], bool]:
-    """Every measurement; (results, whether all of them could be taken)."""
+async def run_suite(
+    sizes: measures.Sizes,
+    mode: str,
+    progress: Progress,
+    compared: compare.Sizes | None = None,
+    only: set[str] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Every measurement (or those ``only`` names); (results, whether all of them could be taken)."""
+    compared = compared or (compare.Sizes.quick() if mode == "quick" else compare.Sizes())
+    command = "python -m benchmarks.run" + (" --quick" if mode == "quick" else "")
     results: dict[str, Any] = {
         "schema": 1,
         "mode": mode,
-        "command": "python -m benchmarks.run" + (" --quick" if mode == "quick" else ""),
+        "command": command + (f" --only {','.join(sorted(only))}" if only else ""),
         "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "sizes": asdict(sizes),
+        "sizes": {**asdict(sizes), "compare": asdict(compared)},
         "errors": {},
     }
+    if only:
+        results["only"] = sorted(only)
     started = time.monotonic()
     progress.tick("clips")
     pipeline_clip = cached_clip(sizes.pipeline_clip_s)
@@ -174,26 +231,25 @@ async def run_suite(sizes: measures.Sizes, mode: str, progress: Progress) -> tup
                 ctx = measures.Context(
                     stack, api, triton, sizes, pipeline_clip, live_clip, cameras, progress.tick
                 )
-                sections: list[tuple[str, Callable[[measures.Context], Awaitable[dict[str, Any]]], bool]] = [
-                    ("model_only", measures.model_only, False),
-                    ("pipeline_efficiency", measures.pipeline, False),
-                    ("latency_live", measures.live_latency, True),
-                    ("time_to_first_event", measures.time_to_first_event, False),
-                    ("capacity", measures.capacity, True),
-                    ("leaks.cycles", measures.leak_cycles, False),
-                    ("leaks.soak", measures.soak, True),
-                    ("fleet", fleet.section, False),  # skips its camera parts without RTSP itself
-                ]
-                for name, measure, needs_rtsp in sections:
+                for name, measure, needs_rtsp in sections(compared):
+                    if not selected(name, only):
+                        continue
+                    parts = name.split("+")
                     if needs_rtsp and cameras is None:
-                        _put(results, name, {"skipped": "GStreamer's RTSP server is not installed"})
+                        for part in parts:
+                            _put(results, part, {"skipped": "GStreamer's RTSP server is not installed"})
                         continue
                     if name == "leaks.cycles":
                         progress.tick("leak cycles")
                     elif name == "leaks.soak":
                         progress.tick("soak")
                     try:
-                        _put(results, name, await measure(ctx))
+                        measured = await measure(ctx)
+                        if len(parts) == 1:
+                            _put(results, name, measured)
+                        else:
+                            for part in parts:
+                                _put(results, part, measured[part])
                     except Exception as exc:
                         ok = False
                         results["errors"][name] = "".join(traceback.format_exception(exc))[-4000:]
@@ -253,8 +309,9 @@ def derive(results: dict[str, Any]) -> None:
         run["efficiency_ceiling_model_only"] = round(best / baseline, 3) if best and baseline else None
         cpu = run.get("cpu_ms_per_frame") or {}
         stack_ms = sum(cpu.get(name) or 0.0 for name in ("core", "triton", "facade"))
-        fits = cores and baseline and stack_ms > 0
-        run["efficiency_ceiling_cpu"] = round(cores * 1000.0 / stack_ms / baseline, 3) if fits else None
+        run["efficiency_ceiling_cpu"] = (
+            round(cores * 1000.0 / stack_ms / baseline, 3) if cores and baseline and stack_ms > 0 else None
+        )
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +328,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
     runs = get("pipeline_efficiency", "runs") or []
     live = get("latency_live", "runs") or []
+    real = get("efficiency_real", "runs") or []
     return {
         "efficiency": {str(r["streams"]): r["efficiency"] for r in runs},
         "efficiency_with_delivery": {str(r["streams"]): r["efficiency_with_delivery"] for r in runs},
@@ -291,6 +349,20 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "rss_growth_mib": {
             "cycles": {s: get("leaks", "cycles", "growth", s, "growth_mib") for s in ("core", "facade")},
             "soak": {s: get("leaks", "soak", "growth", s, "growth_mib") for s in ("core", "facade")},
+        },
+        "efficiency_real": {str(r["streams"]): r["efficiency"] for r in real},
+        "agent_overhead_ms": {str(r["streams"]): r["agent_overhead_ms"] for r in real},
+        "real_clip_kbps": get("efficiency_real", "clip", "video_kbps"),
+        "capacity_vs_limit": {
+            "capacity": get("capacity_vs_limit", "capacity"),
+            "limit_cameras": get("capacity_vs_limit", "limit_cameras"),
+            "ratio": get("capacity_vs_limit", "ratio"),
+        },
+        "vs_plain_loop": {
+            "product": get("vs_plain_loop", "product", "capacity"),
+            "plain_loop": get("vs_plain_loop", "plain_loop", "capacity"),
+            "ratio": get("vs_plain_loop", "ratio"),
+            "cpu_ms_per_analysed_frame": get("vs_plain_loop", "cpu_ms_per_analysed_frame"),
         },
         "fleet": get("fleet", "summary"),
         "model_only_items_per_s": {
@@ -320,15 +392,28 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, about 3 minutes (the CI smoke run)"
+        "--quick", action="store_true", help="small sizes, about 4 minutes (the CI smoke run)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated sections to measure (default: all; see --list)"
+    )
+    parser.add_argument("--list", action="store_true", help="print the sections' names and exit")
     args = parser.parse_args(argv)
     sizes = measures.Sizes.quick() if args.quick else measures.Sizes()
+    compared = compare.Sizes.quick() if args.quick else compare.Sizes()
+    names = section_names(compared)
+    if args.list:
+        print("\n".join(names))
+        return 0
+    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    unknown = sorted((only or set()) - set(names) - {n.split(".")[0] for n in names})
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; the sections: {', '.join(names)}")
     mode = "quick" if args.quick else "full"
-    progress = Progress(estimated_steps(sizes, rtsp_available()))
+    progress = Progress(estimated_steps(sizes, compared, rtsp_available(), only))
     try:
-        results, ok = asyncio.run(run_suite(sizes, mode, progress))
+        results, ok = asyncio.run(run_suite(sizes, mode, progress, compared, only))
         progress.tick("writing results")
         json_path, png_path = write(results, args.out)
     finally:
