@@ -169,6 +169,43 @@ async def test_people_counter_reports_source_frame_pixels_under_a_stream_roi(peo
     assert outside["people_count"] == 0 and outside["detections"] == []
 
 
+async def test_people_counter_counts_her_in_a_polygon_and_not_outside_or_excluded(
+    people_infer: Calls,
+) -> None:
+    # Polygons decide by the bottom centre of her box (her feet would be there): about (192, 512)
+    # in the photograph, at the bottom edge; (492, 712) in the 1280x960 source of which the
+    # photograph is the stream-roi crop at (300, 200).
+    offset = (300, 200)
+    frame = astronaut_frame(source_size=(1280, 960), offset=offset)
+    # A pentagon around her lower body, in source pixels, reaching below the crop's bottom edge.
+    around = {"points": [[340, 500], [620, 480], [680, 760], [420, 760], [310, 640]]}
+    event = await count_people(frame, people_infer, roi=[around])
+    assert event["people_count"] == 1
+    assert iou(corners(event["detections"][0]["rect"], offset), ASTRONAUT_PERSON) > 0.7, event
+    # The same area as droi, in percent of the source frame.
+    percent = {"points": [[x / 12.8, y / 9.6] for x, y in around["points"]], "mode": "percent"}
+    assert (await count_people(frame, people_infer, droi=[percent]))["people_count"] == 1
+
+    # A polygon elsewhere: the upper left of the photograph, over part of her but not her feet.
+    elsewhere = {"points": [[300, 200], [500, 200], [500, 450], [300, 450]]}
+    away = await count_people(frame, people_infer, roi=[elsewhere])
+    assert away["people_count"] == 0 and away["detections"] == [], away
+    assert away["overview"]["people_coordinates"] == []
+    # ... unless her box centre decides: near (490, 465), outside it still; inside a taller one.
+    taller = {"points": [[300, 200], [700, 200], [700, 520], [300, 520]]}
+    assert (await count_people(frame, people_infer, roi=[taller]))["people_count"] == 0
+    assert (await count_people(frame, people_infer, roi=[taller], anchor="center"))["people_count"] == 1
+
+    # Excluded: a droi polygon over her with exclude, alone or beside a zone that holds her.
+    over = {**around, "exclude": True}
+    assert (await count_people(frame, people_infer, droi=[over]))["people_count"] == 0
+    assert (await count_people(frame, people_infer, roi=[around], droi=[over]))["people_count"] == 0
+    # An exclusion elsewhere leaves her counted.
+    assert (await count_people(frame, people_infer, droi=[{**elsewhere, "exclude": True}]))[
+        "people_count"
+    ] == 1
+
+
 async def test_human_tracking_starts_a_track_on_her_face_with_age_and_gender(faces_infer: Calls) -> None:
     tracking = HumanTracking()
     state = tracking.start(
