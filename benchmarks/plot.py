@@ -295,7 +295,10 @@ def efficiency_real(ax: Axes, results: dict[str, Any]) -> None:
                 )
     ax.set_xticks(list(xs), [f"{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in runs])
     ax.set_ylabel("CPU ms per frame (left: unavoidable, right: stack)")
-    ax.margins(y=0.2)
+    tops = [_num(r["stack_ms_per_frame"]) for r in runs] + [
+        _num(r["decode_ms_per_frame"]) + _num(r["model_ms_per_frame"]) for r in runs
+    ]
+    ax.set_ylim(0, max([t for t in tops if t == t], default=1.0) * 1.4)  # room for the legend
     clip = section["clip"]
     ax.set_title(
         f"Realistic clip ({_num(clip['video_kbps']) / 1000:.1f} Mb/s, person detector): "
