@@ -143,7 +143,12 @@ async def test_stream_resource_and_listing(http: aiohttp.ClientSession, base_url
         async with http.get(f"{base_url}/1/analytics") as resp:
             catalogue = {a["name"]: a for a in (await resp.json())["analytics"]}
         assert catalogue["people_counter"]["models"] == ["person_detector"]
-        assert catalogue["human_tracking"]["models"] == ["face_detector", "face_attributes"]
+        assert catalogue["human_tracking"]["models"] == [
+            "face_detector",
+            "face_attributes",
+            "person_detector",
+        ]
+        assert catalogue["line_crossing"]["models"] == ["person_detector"]
         assert "probe_count" in catalogue["people_counter"]["parameters_schema"]["properties"]
         async with http.delete(f"{base_url}/1/streams/{stream_id}") as resp:
             assert resp.status == 204
