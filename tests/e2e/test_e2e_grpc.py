@@ -77,10 +77,10 @@ async def test_streams_and_analytics_rpcs(channel: grpc.aio.Channel) -> None:
     catalogue = await analytics_pb2_grpc.AnalyticsServiceStub(channel).ListAnalytics(
         analytics_pb2.ListAnalyticsRequest()
     )
-    # The shipped three, and the third-party plugin of tests/fixtures/plugin_site (its disabled
+    # The shipped four, and the third-party plugin of tests/fixtures/plugin_site (its disabled
     # twin is not loaded).
     names = {a.name for a in catalogue.analytics}
-    assert names == {"people_counter", "human_tracking", "pipeline_probe", "probe_sink"}
+    assert names == {"people_counter", "human_tracking", "line_crossing", "pipeline_probe", "probe_sink"}
 
 
 async def test_non_finite_parameters_over_grpc_are_invalid_with_the_path(channel: grpc.aio.Channel) -> None:
