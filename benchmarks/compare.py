@@ -70,7 +70,7 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(
             clip_s=2.0,
-            streams=(1, 4),
+            streams=(1, 2),
             repeats=1,
             model_seconds=1.0,
             capacity_steps=(2,),
