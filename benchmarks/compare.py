@@ -52,7 +52,7 @@ IMAGES = 8  # distinct frames of the clip the model-alone runs cycle through
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much of everything: ``--quick`` (CI smoke, well under a minute) or the full suite."""
+    """How much of everything: ``--quick`` (CI smoke, about a minute of the quick suite) or the full suite."""
 
     clip_s: float = 10.0
     clip_kbps: int = 3000
