@@ -47,6 +47,8 @@ SOURCES = (
     Source("centerface", "face_detector"),
     Source("age_gender", "face_attributes"),
     Source("ssdlite", "person_detector", optional=True),
+    # The same ssdlite.onnx (the same cache entry), for the tiled person detector.
+    Source("ssdlite_tiled", "person_detector_tiled", optional=True),
 )
 
 
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="a source (centerface, age_gender, ssdlite), model (face_detector, ...) or test file "
-        "(group_photo); repeatable",
+        help="a source (centerface, age_gender, ssdlite, ssdlite_tiled), model (face_detector, ...) "
+        "or test file (group_photo); repeatable",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when stamp and cache match")
     args = parser.parse_args(argv)

@@ -50,7 +50,7 @@ from tools import sync_model_kit
 from tools.models import testdata
 
 KIT_SOURCE = MODEL_REPOSITORY / "lva_model_kit.py"
-MODELS = ("face_attributes", "face_detector", "frame_stats", "person_detector")
+MODELS = ("face_attributes", "face_detector", "frame_stats", "person_detector", "person_detector_tiled")
 # The kit's message for a missing parameter, whichever model: model, parameter and config.pbtxt.
 MISSING = re.compile(
     r"ModelConfigError: (?P<model>\w+): config\.pbtxt lacks the parameter '(?P<name>\w+)', which model\.py "
