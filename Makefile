@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 CONSTRAINTS := requirements/constraints.txt
 PROTOS := $(wildcard proto/lva/v1/*.proto)
 
-.PHONY: run fleet test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench reliability gpu-check
+.PHONY: run fleet test test-unit lint proto proto-check buf-breaking venv triton-env docs clean models sample bench accuracy reliability gpu-check
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -63,6 +63,12 @@ models: $(VENV)/.installed
 # Benchmarks against the real stack: benchmarks/results/<date>.json and .png (QUICK=1: < 3 min).
 bench: $(VENV)/.installed triton-env models
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
+	$(PY) -m benchmarks.accuracy $(if $(QUICK),--quick,)
+
+# The models' accuracy on 44 hand-labelled frames of real photographs, through a real Triton
+# (benchmarks/accuracy.py): benchmarks/results/accuracy-<date>.json and .png (QUICK=1: 11 frames).
+accuracy: $(VENV)/.installed triton-env models
+	$(PY) -m benchmarks.accuracy $(if $(QUICK),--quick,)
 
 # NVDEC against software decoding, and the stack's streams per GPU (QUICK=1: < 2 min on a GPU
 # server): benchmarks/results/gpu-<date>.json. Without a GPU it says why and gives software's figures.
