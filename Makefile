@@ -65,7 +65,7 @@ bench: $(VENV)/.installed triton-env models
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
 	$(PY) -m benchmarks.accuracy $(if $(QUICK),--quick,)
 
-# The models' accuracy on 44 hand-labelled frames of real photographs, through a real Triton
+# The models' accuracy on 54 hand-labelled frames of real photographs, through a real Triton
 # (benchmarks/accuracy.py): benchmarks/results/accuracy-<date>.json and .png (QUICK=1: 14 frames).
 accuracy: $(VENV)/.installed triton-env models
 	$(PY) -m benchmarks.accuracy $(if $(QUICK),--quick,)
