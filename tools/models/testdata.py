@@ -53,7 +53,7 @@ GROUP_PHOTO = PackagedFile(
 )
 # Sample photographs of Debian's darknet package (bookworm and trixie, main; 3.3 MB; the
 # package is never installed). Files: * of its debian/copyright: (c) 2018 Joseph Redmon,
-# GPL-3.0+ or MIT or WTFPL; upstream's LICENSE says "Darknet is public domain". The copyright
+# GPL-3.0+ or MIT or WTFPL. The copyright
 # file names no other author for the data/ images. kite.jpg: a beach with kite-surfers, people
 # from 7 to 250 pixels tall; person.jpg: a person, a dog and a horse on a meadow
 # (benchmarks/accuracy_set.py, scene "beach").
