@@ -140,9 +140,9 @@ def test_parameter_reads_casts_and_defaults(kit: ModuleType) -> None:
     assert kit.parameter(config, "max_detections", int) == 100
     assert kit.parameter(config, "score_threshold", float) == pytest.approx(0.4)
     # The default is for an absent parameter only, and is returned as it is.
-    assert kit.parameter(config, "intra_op_threads", int, default=0) == 0
+    assert kit.parameter(config, "tile_overlap", float, default=0.5) == 0.5
     assert kit.parameter(config, "max_detections", int, default=7) == 100
-    assert kit.parameter(config, "intra_op_threads", int, default=None) is None
+    assert kit.parameter(config, "tile_overlap", float, default=None) is None
 
 
 def test_a_value_the_model_cannot_use_names_model_parameter_and_value(kit: ModuleType) -> None:
@@ -181,6 +181,25 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 def test_select_providers(kit: ModuleType, kind: str, available: list[str], expected: list[Any]) -> None:
     args = {"model_instance_kind": kind, "model_instance_device_id": "1"}
     assert kit.select_providers(args, available) == expected
+
+
+@pytest.mark.parametrize(
+    ("parameters", "groups", "cores", "expected"),
+    [
+        ({}, [{"count": 2, "kind": "KIND_CPU"}], 2, 1),  # the shipped person_detector on two cores
+        ({}, [{"count": 2}], 16, 8),
+        ({}, [{"count": 1}, {"count": 2}], 16, 5),
+        ({}, [], 4, 4),  # no instance_group: one instance
+        ({}, [{"count": 4}], 2, 1),  # never fewer than one
+        ({"intra_op_threads": {"string_value": "3"}}, [{"count": 2}], 16, 3),  # given: as it is
+        ({"intra_op_threads": {"string_value": "0"}}, [{"count": 2}], 8, 4),
+    ],
+)
+def test_intra_op_threads_share_the_cores_among_instances(
+    kit: ModuleType, parameters: dict[str, Any], groups: list[dict[str, Any]], cores: int, expected: int
+) -> None:
+    config = {"name": "m", "parameters": parameters, "instance_group": groups}
+    assert kit.intra_op_threads(config, cores) == expected
 
 
 def test_provider_selection_falls_back_to_cpu_here(tmp_path: Path) -> None:

@@ -141,6 +141,25 @@ def session(
     return onnxruntime.InferenceSession(path, options, providers=select_providers(args))
 
 
+def intra_op_threads(config: Mapping[str, Any], cores: int | None = None) -> int:
+    """ONNX Runtime threads per instance: the ``intra_op_threads`` parameter, or when it is 0 or
+    absent, this machine's cores shared among the model's CPU instances (at least one each).
+
+    ``count`` instances, each spreading one run over every core, fight for the cores whenever two
+    runs overlap; each taking its share runs them side by side. On the 2-core development VM,
+    two instances of one thread each carried 6 cameras of person detection where one instance
+    of two threads carried 5 (benchmarks/README.md, "capacity_vs_limit").
+    """
+    threads = parameter(config, "intra_op_threads", int, 0)
+    if threads > 0:
+        return threads
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    groups = config.get("instance_group") or [{}]
+    count = sum(int(group.get("count", 1) or 1) for group in groups)
+    return max(1, cores // max(1, count))
+
+
 def output_dtypes(config: Mapping[str, Any], names: Iterable[str]) -> dict[str, type[np.generic]]:
     """The numpy type of each output in ``names``, from config.pbtxt, so that the two cannot drift."""
     return {

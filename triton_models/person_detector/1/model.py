@@ -61,7 +61,7 @@ class TritonPythonModel:
         if max(GRAPH_CLASS_TO_LABEL.values()) >= len(self.labels):
             raise pb_utils.TritonModelException(f"labels {self.labels} too short for {GRAPH_CLASS_TO_LABEL}")
 
-        self.session = kit.session(args, ONNX_FILE)
+        self.session = kit.session(args, ONNX_FILE, kit.intra_op_threads(config))
         pb_utils.Logger.log_info(
             f"person_detector: {ONNX_FILE} on {self.session.get_providers()[0]}, {self.frame_format} frames"
         )
