@@ -138,26 +138,42 @@ class ModelBatcher:
     async def infer(self, inputs: Mapping[str, Input | FrameSource], timeout: float | None = None) -> Arrays:
         """Outputs for one item (per-item arrays, no batch dimension)."""
         self.start()
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        ready: dict[str, Input] | None = None
+        try:
+            async with asyncio.timeout(budget):
+                # Within the budget: reading the model's frame format is the item's first talk
+                # with Triton, and a Triton that does not answer must cost no more than a send.
+                ready = await self._ready(inputs)
+                await self._queue.put(_Item(ready, deadline, future))  # bounded: pushes back
+                self._wake.set()
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if ready is None:  # Triton did not say what the model takes: a failed request
+                INFERENCE_ERRORS.labels(self.model_name, str(DEADLINE.code)).inc()
+            raise InferenceError(DEADLINE, f"{self.model_name}: no result within {budget:.1f} s") from None
+        finally:
+            if not future.done():
+                future.cancel()  # tells the worker not to send it
+
+    async def _ready(self, inputs: Mapping[str, Input | FrameSource]) -> dict[str, Input]:
+        """The inputs with each frame in the model's declared format. A failure to learn the
+        format is the request's failure: typed and counted like one that reached Triton."""
         ready: dict[str, Input] = {}
         for key, value in inputs.items():
             if isinstance(value, np.ndarray) or not hasattr(value, "input"):
                 ready[key] = value
-            else:
-                ready[key] = value.input(await self.frame_format())
-        inputs = ready
-        budget = timeout or self.timeout
-        deadline = time.monotonic() + budget
-        item = _Item(inputs, deadline, asyncio.get_running_loop().create_future())
-        try:
-            async with asyncio.timeout(budget):
-                await self._queue.put(item)  # bounded: a full queue pushes back on the producer
-                self._wake.set()
-                return await asyncio.shield(item.future)
-        except TimeoutError:
-            raise InferenceError(DEADLINE, f"{self.model_name}: no result within {budget:.1f} s") from None
-        finally:
-            if not item.future.done():
-                item.future.cancel()  # tells the worker not to send it
+                continue
+            try:
+                fmt = await self.frame_format()
+            except Exception as exc:
+                error = classify(exc, f"inference on {self.model_name}")
+                INFERENCE_ERRORS.labels(self.model_name, str(error.code)).inc()
+                raise error from None
+            ready[key] = value.input(fmt)
+        return ready
 
     def _collect(self) -> list[_Item]:
         """Up to max_batch waiting items of the first one's shapes; the others wait in order."""

@@ -35,7 +35,8 @@ def facade(stack_dir: Path, triton: LocalTriton) -> Iterator[Service]:
     # Every role on the one model this Triton has: the health check covers the models named here.
     models = (
         "{pipeline_probe: {model: frame_stats}, people_counter: {detector: frame_stats},"
-        " human_tracking: {detector: frame_stats, attributes: frame_stats}}"
+        " human_tracking: {detector: frame_stats, attributes: frame_stats, body_detector: frame_stats},"
+        " line_crossing: {detector: frame_stats}}"
     )
     core = start_core(stack_dir, triton.grpc_url, {"LVA_TRITON__MODELS": models})
     try:
