@@ -143,6 +143,26 @@ def _clip_box(x: int, y: int, w: int, h: int, width: int, height: int) -> Box | 
     return x0, y0, x1 - x0, y1 - y0
 
 
+def place_tile(
+    canvas: np.ndarray[Any, Any], tile: Tile, t: float, scale: tuple[float, float]
+) -> tuple[int, int, Box] | None:
+    """Paste ``tile`` where it is at fraction ``t`` of the clip (BASE_SIZE positions scaled by
+    ``scale``), clipped to ``canvas``: its unclipped corner (x, y) and its visible box, or None
+    when it is not visible then. The one placement of every clip built from these tiles."""
+    if not tile.start <= t < tile.end:
+        return None
+    height, width = canvas.shape[:2]
+    bx, by = tile.path((t - tile.start) / (tile.end - tile.start))
+    side = tile.pixels.shape[0]
+    x, y = round(bx * scale[0]), round(by * scale[1])
+    box = _clip_box(x, y, side, side, width, height)
+    if box is None:
+        return None
+    cx, cy, cw, ch = box
+    canvas[cy : cy + ch, cx : cx + cw] = tile.pixels[cy - y : cy - y + ch, cx - x : cx - x + cw]
+    return x, y, box
+
+
 def make_clip(
     path: str | Path,
     seconds: float = 10.0,
@@ -190,16 +210,12 @@ def make_clip(
             objects: list[dict[str, Any]] = []
             t = index / count
             for tile in tiles:
-                if not tile.start <= t < tile.end:
+                placed = place_tile(canvas, tile, t, (sx, sy))
+                if placed is None:
                     continue
-                bx, by = tile.path((t - tile.start) / (tile.end - tile.start))
+                x, y, box = placed
+                _, _, cw, ch = box
                 side = tile.pixels.shape[0]
-                x, y = round(bx * sx), round(by * sy)
-                box = _clip_box(x, y, side, side, width, height)
-                if box is None:
-                    continue
-                cx, cy, cw, ch = box
-                canvas[cy : cy + ch, cx : cx + cw] = tile.pixels[cy - y : cy - y + ch, cx - x : cx - x + cw]
                 fx, fy, fw, fh = tile.face
                 face = _clip_box(
                     x + round(fx * side),

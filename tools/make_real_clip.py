@@ -105,16 +105,7 @@ def make_real_clip(
             canvas = background.copy()
             t = index / count
             for tile in tiles:
-                if not tile.start <= t < tile.end:
-                    continue
-                bx, by = tile.path((t - tile.start) / (tile.end - tile.start))
-                side = tile.pixels.shape[0]
-                x, y = round(bx * sx), round(by * sy)
-                box = clips._clip_box(x, y, side, side, width, height)
-                if box is None:
-                    continue
-                cx, cy, cw, ch = box
-                canvas[cy : cy + ch, cx : cx + cw] = tile.pixels[cy - y : cy - y + ch, cx - x : cx - x + cw]
+                clips.place_tile(canvas, tile, t, (sx, sy))
             # Luminance grain, the same on every channel: what a camera's processing leaves of
             # its sensor's noise once its chroma noise reduction has run.
             grain = np.rint(rng.standard_normal((height, width, 1), dtype=np.float32) * noise)

@@ -7,7 +7,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
 
 from lva_core.pipeline.geometry import Rect, rect_to_rotated, rect_to_source, roi_rect, rotated_size
 from lva_core.pipeline.pixels import Converter, FormatLearner, Pixels
@@ -51,13 +50,6 @@ class FrameTransform:
             self._build(key, frame.time_base)
         self._graph.push(frame)
         return Pixels(self._graph.pull(), self._trim, self.converter, self.learner), (x, y), size
-
-    def rgb(self, frame: Any) -> np.ndarray[Any, Any]:
-        """The frame as uint8 RGB ``[H, W, 3]``: the conversion, through this stream's contexts."""
-        image: np.ndarray[Any, Any] = self.converter.reformat(
-            frame, "rgb24", int(frame.width), int(frame.height)
-        ).to_ndarray()
-        return image
 
     def _build(self, key: tuple[Any, ...], time_base: Fraction | None) -> None:
         width, height, pix_fmt, rotation, x, y, w, h = key
