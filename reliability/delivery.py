@@ -51,6 +51,7 @@ import aiohttp
 
 from benchmarks.api import stream_body
 from benchmarks.stats import summary
+from lva_common.aio import wait_within
 from lva_core.runtime import procfs
 from lva_testkit import clips
 from lva_testkit.mqtt_broker import MosquittoBroker, MqttCollector
@@ -390,7 +391,7 @@ async def _file_run(bench: Bench, path: Path, targets: list[str]) -> dict[str, A
     stream_id = await bench.api.create(body)
     watcher = EventWatcher(bench.http, f"{bench.api.ws_url}?stream_id={stream_id}").start()
     try:
-        await asyncio.wait_for(watcher.subscribed.wait(), 10)
+        await wait_within(watcher.subscribed.wait(), 10)
         pid = bench.stack.core.proc.pid
         cpu = procfs.tree_cpu_seconds(pid)
         started = time.monotonic()
@@ -506,7 +507,7 @@ class Rig:
         # Subscribed before the stream starts: the WebSocket sees its first event.
         self.watcher = EventWatcher(self.bench.http, f"{self.bench.api.ws_url}?stream_id={self.stream_id}")
         self.watcher.start()
-        await asyncio.wait_for(self.watcher.subscribed.wait(), 10)
+        await wait_within(self.watcher.subscribed.wait(), 10)
         await self.bench.api.patch(self.stream_id, "pending")
         self._poller = asyncio.create_task(self._poll(), name="delivery-stats")
 

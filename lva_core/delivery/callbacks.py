@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+from lva_common.aio import wait_within
 from lva_common.config import MASK, mask_secrets
 from lva_common.errors import invalid
 from lva_core.analytics.validation import validate
@@ -121,7 +122,7 @@ async def check_hosts(
             except ValueError:
                 pass
             try:
-                await asyncio.wait_for(loop.getaddrinfo(host, None), RESOLVE_TIMEOUT)
+                await wait_within(loop.getaddrinfo(host, None), RESOLVE_TIMEOUT)
             except (OSError, TimeoutError, UnicodeError):
                 raise invalid(f"{path}.url", f"host {host!r} does not resolve") from None
 

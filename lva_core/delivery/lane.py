@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from lva_common.aio import wait_within
 from lva_core.delivery.outbox import Lane, Outbox, Pending
 from lva_core.delivery.settings import DeliverySettings
 from lva_core.delivery.sinks.base import DeliveryError, Message, Sink
@@ -108,7 +109,7 @@ class LaneRunner:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await wait_within(self._wake.wait(), seconds)
 
     async def _run(self) -> None:
         settings = self.settings
@@ -157,7 +158,7 @@ class LaneRunner:
         message = Message(item.event_id, item.body)
         while True:
             try:
-                await asyncio.wait_for(self.sink.send(message), SEND_TIMEOUT)
+                await wait_within(self.sink.send(message), SEND_TIMEOUT)
             except DeliveryError as exc:
                 error = str(exc)
             except TimeoutError:

@@ -58,6 +58,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from lva_common.aio import wait_within
 from lva_core.delivery.outbox import Entry, Lane, Pending
 from lva_core.streams.store.base import StoreError
 from lva_core.streams.store.postgresql import PostgresStreamStore
@@ -606,7 +607,7 @@ class PostgresOutbox:
         self._wake.set()
         if self._writer is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._writer), self.close_timeout)
+                await wait_within(asyncio.shield(self._writer), self.close_timeout)
             except TimeoutError:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lva_common.aio import wait_within
 from lva_common.errors import DEADLINE, TRITON_UNAVAILABLE
 from lva_core.inference.client import InferenceError, TritonClient, classify
 from lva_core.inference.frame_format import FrameFormat, frame_format
@@ -230,7 +231,7 @@ class ModelBatcher:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                await wait_within(self._wake.wait(), remaining)
 
     async def _send(self, items: list[_Item]) -> None:
         try:

@@ -18,6 +18,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from lva_common.aio import wait_within
 from lva_common.errors import (
     CONFLICT,
     DEADLINE,
@@ -111,16 +112,16 @@ class TritonClient:
         if self.pool is not None:
             for region in self.pool.regions:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.client.unregister_system_shared_memory(region.name), 2)
+                    await wait_within(self.client.unregister_system_shared_memory(region.name), 2)
             self.pool.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
 
     async def _call(self, what: str, coro: Any, timeout: float | None = None) -> Any:
-        # wait_for on top of the gRPC deadline: a call must end even if the channel is stuck.
+        # wait_within on top of the gRPC deadline: a call must end even if the channel is stuck.
         try:
-            return await asyncio.wait_for(coro, (timeout or self.timeout) + 1.0)
+            return await wait_within(coro, (timeout or self.timeout) + 1.0)
         except (InferenceServerException, TimeoutError, OSError) as exc:
             raise classify(exc, what) from None
 

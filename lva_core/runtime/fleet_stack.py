@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lva_common.aio import wait_within
 from lva_common.config import load_config
 from lva_common.signals import stop_event
 from lva_core.runtime.local_postgres import LocalPostgres, PostgresError
@@ -247,7 +248,7 @@ class Fleet:
         assert proc.stdout is not None
         timeout = float(triton["startup_timeout"]) + TRITON_START_MARGIN
         try:
-            ready = await self.until(asyncio.wait_for(self._ready_line(proc.stdout), timeout))
+            ready = await self.until(wait_within(self._ready_line(proc.stdout), timeout))
         except TimeoutError:
             raise Interrupted(f"Triton was not ready within {timeout:g} s") from None
         if ready is None:

@@ -7,6 +7,8 @@ import signal
 import socket
 import time
 
+from lva_common.aio import wait_within
+
 # Seconds a child has, after its SIGTERM, before it is killed.
 STOP_TIMEOUT = 15.0
 
@@ -17,7 +19,7 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout: float = STOP_T
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
+        await wait_within(proc.wait(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()

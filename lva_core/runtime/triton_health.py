@@ -1,7 +1,7 @@
 """Health of Triton and of the models the agent needs, as a list of failed components.
 
 The health route must answer even when Triton hangs, so every call here is bounded twice: by
-gRPC's own deadline (``client_timeout``) and by ``asyncio.wait_for``, since a channel that is
+gRPC's own deadline (``client_timeout``) and by ``wait_within``, since a channel that is
 still connecting does not always honour the former promptly.
 """
 
@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import tritonclient.grpc.aio as grpcclient
+
+from lva_common.aio import wait_within
 
 T = TypeVar("T")
 
@@ -46,7 +48,7 @@ class _Deadline:
             if asyncio.iscoroutine(call):
                 call.close()
             raise TimeoutError
-        return await asyncio.wait_for(call, remaining)
+        return await wait_within(call, remaining)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -86,7 +88,7 @@ async def check_triton(url: str, models: Sequence[str], timeout: float) -> list[
         return errors
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 1.0)
+            await wait_within(client.close(), 1.0)
 
 
 async def _check_models(client: Any, models: Sequence[str], deadline: _Deadline) -> list[ComponentError]:

@@ -36,6 +36,7 @@ from typing import IO, Self
 
 import tritonclient.grpc.aio as grpcclient
 
+from lva_common.aio import wait_within
 from lva_common.errors import TRITON_UNAVAILABLE, LunaError
 from lva_common.signals import stop_event
 from lva_core.runtime import procfs
@@ -249,7 +250,7 @@ class LocalTriton:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await wait_within(proc.wait(), timeout)
             except TimeoutError:
                 log.warning("tritonserver %d still running %gs after SIGTERM: killing it", proc.pid, timeout)
                 with contextlib.suppress(ProcessLookupError):
@@ -264,7 +265,7 @@ class LocalTriton:
         if self._drain_task is not None:
             # The pipe closes when the server and its stubs are gone; the drain then ends.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._drain_task, 2.0)
+                await wait_within(self._drain_task, 2.0)
             self._drain_task = None
         if self._log_file is not None:
             self._log_file.close()
@@ -386,7 +387,7 @@ class LocalTriton:
                     )
                 attempt = min(1.0, remaining)
                 try:
-                    if await asyncio.wait_for(client.is_server_ready(client_timeout=attempt), attempt + 0.5):
+                    if await wait_within(client.is_server_ready(client_timeout=attempt), attempt + 0.5):
                         return
                 except Exception:
                     # Before the port listens every probe fails; only exit or deadline end the wait.
@@ -396,13 +397,13 @@ class LocalTriton:
         finally:
             exited.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+                await wait_within(client.close(), 2.0)
 
     async def _settled_failure_summary(self) -> str:
         # The drain task may still hold the last lines the dying server wrote.
         if self._drain_task is not None and self._proc is not None and self._proc.returncode is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._drain_task), 1.0)
+                await wait_within(asyncio.shield(self._drain_task), 1.0)
         return self._failure_summary()
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lva_common.aio import wait_within
 from lva_testkit.clips import clip, truth
 from lva_testkit.mqtt_broker import MosquittoBroker, MqttCollector
 from lva_testkit.stack import Service, start_core, start_facade
@@ -111,7 +112,7 @@ async def run_stream(
     reader = await watch(f"ws://{facade.address}/1/ws?stream_id={stream_id}", {"done", "failure"})
     async with http.patch(f"{url}/1/streams/{stream_id}", json={"status": "pending"}) as resp:
         assert resp.status == 200, await resp.text()
-    messages = await asyncio.wait_for(reader, 120)
+    messages = await wait_within(reader, 120)
     assert messages[-1]["stream_status"] == "done", messages[-1]
     crowd = [m["analytics_results"]["people_counter"] for m in messages if m["analytics_results"]]
     assert len(crowd) >= 5, f"the clip gave only {len(crowd)} events"

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
+from lva_common.aio import wait_within
 from lva_facade.request_id import PATTERN
 from lva_testkit.stack import Service
 from lva_testkit.streams import assert_luna_error
@@ -262,7 +263,7 @@ async def _raw_get(address: str, path: str, host: str) -> tuple[int, dict[str, o
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
         await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 10)
+        raw = await wait_within(reader.read(), 10)
     finally:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 import websockets
 
+from lva_common.aio import wait_within
 from lva_testkit.clips import clip
 from lva_testkit.fleet import ACTIVE, Fleet, Owners, Timing, camera_stream
 from lva_testkit.postgres import PostgresCluster
@@ -234,16 +235,16 @@ async def test_a_websocket_opened_before_the_owner_dies_follows_the_stream(
     statuses: list[str] = []
     events_after_failover = 0
     async with websockets.connect(ws_url) as websocket:
-        first = json.loads(await asyncio.wait_for(websocket.recv(), 10))
+        first = json.loads(await wait_within(websocket.recv(), 10))
         assert first["stream_status"] == "in_progress"
         # Events flow from the owner first (the facade's watch may sit on any core).
-        while not json.loads(await asyncio.wait_for(websocket.recv(), 10)).get("analytics_results"):
+        while not json.loads(await wait_within(websocket.recv(), 10)).get("analytics_results"):
             pass
         fleet.kill(owner)
         deadline = time.monotonic() + fleet.timing.ttl + 20
         while events_after_failover < 3:
             assert time.monotonic() < deadline, statuses
-            message = json.loads(await asyncio.wait_for(websocket.recv(), deadline - time.monotonic()))
+            message = json.loads(await wait_within(websocket.recv(), deadline - time.monotonic()))
             if message.get("analytics_results"):
                 if "in_progress" in statuses:
                     events_after_failover += 1

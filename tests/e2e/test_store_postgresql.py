@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from lva.v1 import streams_pb2, streams_pb2_grpc
+from lva_common.aio import wait_within
 from lva_core.streams.state import Status
 from lva_core.streams.store import postgresql, rows
 from lva_core.streams.store.base import StoreError
@@ -96,21 +97,21 @@ async def test_agents_share_one_database_and_hear_each_others_changes(
     second.on_change = lambda stream_id: loop.call_soon_threadsafe(heard.put_nowait, stream_id)
     try:
         second.listen()
-        assert await asyncio.wait_for(heard.get(), 10) == ""  # listening: anything may have changed
+        assert await wait_within(heard.get(), 10) == ""  # listening: anything may have changed
         stream = record(1)
         await first.insert(stream)
-        assert await asyncio.wait_for(heard.get(), 10) == stream.stream_id
+        assert await wait_within(heard.get(), 10) == stream.stream_id
         stored = await second.fetch(stream.stream_id)
         assert stored is not None and stored.record.name == stream.name
         assert stored.record.owner is not None and stored.record.owner.generation == 0
         assert not stored.owner_alive
         await first.save_status(replace(stream, status=Status.PAUSE))
-        assert await asyncio.wait_for(heard.get(), 10) == stream.stream_id
+        assert await wait_within(heard.get(), 10) == stream.stream_id
         paused = await second.fetch(stream.stream_id)
         assert paused is not None and paused.record.status is Status.PAUSE
         assert paused.record.owner is not None and paused.record.owner.generation == 1  # the user's
         await first.delete(stream.stream_id)
-        assert await asyncio.wait_for(heard.get(), 10) == stream.stream_id
+        assert await wait_within(heard.get(), 10) == stream.stream_id
         assert await second.fetch(stream.stream_id) is None
     finally:
         await first.close()

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 import websockets
 
+from lva_common.aio import wait_within
 from lva_common.errors import REGISTRY
 from lva_testkit.clips import clip
 from lva_testkit.stack import Service
@@ -157,7 +158,7 @@ async def assert_healthy(facade: Service, stream_id: str) -> None:
     ):
         assert resp.status == 200, await resp.text()
     async with websockets.connect(f"ws://{facade.address}/1/ws?stream_id={stream_id}", open_timeout=30) as ws:
-        first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        first = json.loads(await wait_within(ws.recv(), 30))
     assert first["stream_status"] == "pause", first
     assert facade.proc.poll() is None, "the facade exited"
 

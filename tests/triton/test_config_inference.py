@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lva_common.aio import wait_within
 from lva_core.inference.client import InferenceError, TritonClient
 from lva_core.inference.model_info import ModelInfo
 from lva_core.inference.service import Inference
@@ -78,7 +79,7 @@ async def test_max_batch_bounds_every_request(triton: Service, gated: GatedClien
         senders = [asyncio.ensure_future(batcher.infer({"IMAGE": IMAGE})) for _ in range(5)]
         await _arrivals(gated, 2)
         gated.gate.set()
-        results = await asyncio.wait_for(asyncio.gather(*senders), 30)
+        results = await wait_within(asyncio.gather(*senders), 30)
     finally:
         await inference.close()
     assert all(np.allclose(r["MEAN_RGB"], [9, 9, 9]) for r in results)
@@ -106,7 +107,7 @@ async def test_a_full_queue_pushes_back_on_the_producer(triton: Service, gated: 
         assert caught.value.detail == f"{MODEL}: no result within 0.5 s"
         assert not any(f.done() for f in pending)  # the queued ones wait for a slot, not failed
         gated.gate.set()
-        await asyncio.wait_for(asyncio.gather(*pending), 30)
+        await wait_within(asyncio.gather(*pending), 30)
     finally:
         gated.gate.set()
         await inference.close()
@@ -124,7 +125,7 @@ async def test_max_delay_holds_a_batch_that_is_not_full(triton: Service, gated: 
         assert gated.arrived == 0 and not first.done()
         second = asyncio.ensure_future(batcher.infer({"IMAGE": IMAGE}))
         # The batch is full now: it leaves without waiting out the minute.
-        await asyncio.wait_for(asyncio.gather(first, second), 30)
+        await wait_within(asyncio.gather(first, second), 30)
     finally:
         await inference.close()
     assert list(batcher.stats.sizes) == [2]
@@ -150,7 +151,7 @@ async def test_a_full_shared_memory_pool_makes_the_next_request_wait(triton: Ser
         # Any further request waits, however small, until a region is given back.
         waiting = await _blocked(client.stage(model, {"IMAGE": (8, 8, 3)}, 1))
         await client.release(held)
-        staged = await asyncio.wait_for(waiting, 10)
+        staged = await wait_within(waiting, 10)
         assert staged.region is not None
         await client.release(staged)
         # A request larger than the pool can never be served: it fails at once.

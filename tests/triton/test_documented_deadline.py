@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from lva_common.aio import wait_within
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import InferenceError, TritonClient
 from lva_core.inference.model_info import ModelInfo
@@ -57,16 +58,16 @@ async def test_an_item_whose_deadline_passes_in_the_queue_is_47007_and_never_sen
     image = np.full((32, 32, 3), 7, np.uint8)
     try:
         first = asyncio.create_task(batcher.infer({"IMAGE": image}))
-        await asyncio.wait_for(client.waiting.wait(), 10)  # the only slot is now taken
+        await wait_within(client.waiting.wait(), 10)  # the only slot is now taken
         with pytest.raises(InferenceError) as caught:
             await batcher.infer({"IMAGE": image}, timeout=0.3)
         assert caught.value.code == 47007
         assert caught.value.detail.startswith(f"{MODEL}: ")
         client.gate.set()
-        outputs = await asyncio.wait_for(first, 30)
+        outputs = await wait_within(first, 30)
         np.testing.assert_allclose(outputs["MEAN_RGB"], [7, 7, 7])
         # A later item goes at once: the late one left no trace in the queue.
-        again = await asyncio.wait_for(batcher.infer({"IMAGE": image}), 30)
+        again = await wait_within(batcher.infer({"IMAGE": image}), 30)
         np.testing.assert_allclose(again["MEAN_RGB"], [7, 7, 7])
     finally:
         client.gate.set()

@@ -19,6 +19,7 @@ import pytest_asyncio
 import tritonclient.grpc.aio as grpcclient
 from skimage import data, transform
 
+from lva_common.aio import wait_within
 from lva_common.errors import LunaError
 from lva_core.runtime import procfs
 from lva_core.runtime.triton_health import ComponentError, check_triton
@@ -209,7 +210,7 @@ async def test_stop_reaps_stubs_of_the_server_that_it_no_longer_parents() -> Non
     try:
         assert stand_in.pid in backend_stubs_of(pid)
         await server.stop()
-        assert await asyncio.wait_for(stand_in.wait(), 10) == -signal.SIGKILL
+        assert await wait_within(stand_in.wait(), 10) == -signal.SIGKILL
         assert backend_stubs_of(pid) == {}
     finally:
         if stand_in.returncode is None:
@@ -261,14 +262,14 @@ async def _start_cli(attempts: int = 3) -> tuple[asyncio.subprocess.Process, int
             cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert cli.stdout is not None and cli.stderr is not None
-        line = await asyncio.wait_for(cli.stdout.readline(), 30)
+        line = await wait_within(cli.stdout.readline(), 30)
         if line:
             assert line.decode().strip() == f"READY 127.0.0.1:{grpc_port}"
             # The READY probe is answered by whoever holds the port: this server must hold it.
             if grpc_port in listening_ports(procfs.tree(cli.pid)):
                 return cli, grpc_port
             cli.kill()
-        errors = (await asyncio.wait_for(cli.stderr.read(), 15)).decode(errors="replace")
+        errors = (await wait_within(cli.stderr.read(), 15)).decode(errors="replace")
         await cli.wait()
         if attempt == attempts or not (address_in_use(errors) or line):
             raise AssertionError(f"the CLI did not start: {line!r}\n{errors[-3000:]}")
@@ -283,7 +284,7 @@ async def test_cli_serves_until_signalled_and_never_orphans_triton(sig: signal.S
         [server] = children_of(cli.pid)
         cli.send_signal(sig)
         if sig == signal.SIGTERM:
-            assert await asyncio.wait_for(cli.wait(), 15) == 0
+            assert await wait_within(cli.wait(), 15) == 0
             assert process_gone(server), "a clean stop waits for tritonserver to exit"
         else:
             # The CLI had no chance to clean up: the death signal must take tritonserver down.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lva_common.aio import wait_within
 from lva_core.inference.batcher import ModelBatcher
 from lva_core.inference.client import Staged
 from lva_core.inference.model_info import ModelInfo, TensorInfo
@@ -53,7 +54,7 @@ class GatedClient:
         pass
 
     async def next_request(self) -> list[int]:
-        await asyncio.wait_for(self.arrived.wait(), 5)
+        await wait_within(self.arrived.wait(), 5)
         self.arrived.clear()
         return self.requests[-1]
 

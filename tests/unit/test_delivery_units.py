@@ -266,6 +266,32 @@ async def test_a_hanging_lane_holds_up_no_other_lane(outbox: SqliteOutbox) -> No
             await runner.stop()
 
 
+class StoppedAsItSends(ScriptedSink):
+    """Asks for its lane's stop as the last thing a send does: the cancel lands as it returns."""
+
+    runner: LaneRunner | None = None
+
+    async def send(self, message: Message) -> None:
+        await super().send(message)
+        assert self.runner is not None and self.runner.task is not None
+        asyncio.get_running_loop().call_soon(self.runner.task.cancel)
+
+
+async def test_a_lane_stops_when_cancelled_as_a_send_returns(outbox: SqliteOutbox) -> None:
+    """With Python 3.11's asyncio.wait_for around the send this cancel was swallowed, and the
+    lane's stop() (a stream's deletion, the core's shutdown) waited forever."""
+    sink = StoppedAsItSends()
+    runner = LaneRunner(Lane("s", "c0"), sink, LaneStats("http", "a"), outbox, FAST)
+    sink.runner = runner
+    runner.start()
+    await append(outbox, runner, "a0")
+    await until(lambda: sink.got == ["a0"])
+    assert runner.task is not None
+    done, _ = await asyncio.wait({runner.task}, timeout=5)
+    assert done and runner.task.cancelled()
+    await runner.stop()
+
+
 async def test_the_bound_drops_the_oldest_and_counts_them(outbox: SqliteOutbox) -> None:
     runner = LaneRunner(Lane("s", "c0"), ScriptedSink(), LaneStats("http", "t"), outbox, FAST)
     for i in range(7):

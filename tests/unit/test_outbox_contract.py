@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from lva_common.aio import wait_within
 from lva_core.delivery.outbox import Entry, Lane, Outbox
 from lva_core.delivery.postgres_outbox import PostgresOutbox, lane_keys
 from lva_core.delivery.sqlite_outbox import SqliteOutbox
@@ -344,7 +345,7 @@ async def test_appends_wait_for_a_database_that_went_away(caplog: pytest.LogCapt
             await loop.run_in_executor(None, LocalPostgres.stop, server, "fast")  # its data kept
             waiting = [asyncio.ensure_future(outbox.append(entry(LANE, n), ROOMY)) for n in range(1, 9)]
             # Beyond the bound: refused at once. Within it: waiting for the database.
-            refused = await asyncio.wait_for(asyncio.gather(*waiting[5:]), 5)
+            refused = await wait_within(asyncio.gather(*waiting[5:]), 5)
             assert refused == [-1, -1, -1]
             await asyncio.sleep(1.0)
             assert not any(each.done() for each in waiting[:5])
@@ -352,13 +353,13 @@ async def test_appends_wait_for_a_database_that_went_away(caplog: pytest.LogCapt
             with pytest.raises(StoreError, match="cannot be reached"):
                 await outbox.pending(LANE, 0, 10)
             await loop.run_in_executor(None, server.start)  # the same port, the same data
-            assert await asyncio.wait_for(asyncio.gather(*waiting[:5]), 30) == [0] * 5
+            assert await wait_within(asyncio.gather(*waiting[:5]), 30) == [0] * 5
             assert await ids(outbox, LANE) == [f"event-{n}" for n in range(6)]
             assert await outbox.claim(LANE)  # taken again on a new session
             # Closed while the database is away: the waiting appends give up after close_timeout.
             await loop.run_in_executor(None, LocalPostgres.stop, server, "fast")
             last = asyncio.ensure_future(outbox.append(entry(LANE, 9), ROOMY))
-            await asyncio.wait_for(outbox.close(), 10)
+            await wait_within(outbox.close(), 10)
             assert await last == -1
         finally:
             await outbox.close()
@@ -436,12 +437,12 @@ async def test_a_store_closed_first_finishes_its_outbox(pg_cluster: PostgresClus
     opened = _postgresql(url)
     queued = [opened.outbox.append(entry(LANE, n), ROOMY) for n in range(20)]
     await opened.store.close()
-    assert await asyncio.wait_for(asyncio.gather(*queued), 10) == [0] * 20
+    assert await wait_within(asyncio.gather(*queued), 10) == [0] * 20
     assert await opened.outbox.append(entry(LANE, 20), ROOMY) == -1
     assert await opened.outbox.claim(LANE) is False
     with pytest.raises(StoreError):
         await opened.outbox.pending(LANE, 0, 10)
-    await asyncio.wait_for(opened.outbox.close(), 10)
+    await wait_within(opened.outbox.close(), 10)
     again = _postgresql(url)
     try:
         assert await ids(again.outbox, LANE) == [f"event-{n}" for n in range(20)]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from lva_common.aio import wait_within
 from lva_core.analytics.base import Event, InferFn
 from lva_core.pipeline.frame import Frame
 from lva_core.pipeline.settings import StreamSettings
@@ -125,5 +126,5 @@ async def test_a_failed_previous_frame_does_not_hold_the_next_one() -> None:
     await asyncio.gather(failed, return_exceptions=True)
     model.gates[5] = asyncio.Event()
     model.gates[5].set()
-    await asyncio.wait_for(engine._analyse(frame(5), states, failed), 5)  # type: ignore[arg-type]
+    await wait_within(engine._analyse(frame(5), states, failed), 5)  # type: ignore[arg-type]
     assert analytic.seen == [5] and published == [5]
