@@ -60,11 +60,14 @@ class StreamsServicer(streams_pb2_grpc.StreamsServiceServicer):
             wait = self._create_limiter.acquire(_bucket_key(request.account_id))
             if wait > 0:
                 account = request.account_id or "the anonymous account"
+                # One rounded figure for both the text and the field, so they never disagree
+                # (99.9949 would read "99.99" beside a field of 99.995).
+                retry_after = round(wait, 3)
                 raise LunaError(
                     TOO_MANY_REQUESTS,
                     f"{account} creates streams faster than streams.create_rate allows; "
-                    f"retry in {wait:.2f} s",
-                    {"retry_after": round(wait, 3)},
+                    f"retry in {retry_after:.2f} s",
+                    {"retry_after": retry_after},
                 )
         record = await self._manager.create(stream_spec_from_request(request))
         return streams_pb2.CreateStreamResponse(
