@@ -74,9 +74,17 @@ FROM agents ORDER BY agent_id
 _LOST_CONNECTION = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection the server ended while it was idle (a restart) can be left waiting for the
+    # end of that error: "cannot switch to state 12; another operation (2) is in progress".
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
+
+
+# Seconds between two attempts after a failed one: an overdue renewal is due at once, and a
+# database that refuses at once (restarting) must not be asked thousands of times a second.
+RETRY_PAUSE = 0.1
 
 
 class PostgresAgents:
@@ -178,7 +186,8 @@ class PostgresAgents:
 
     def _drop_connection(self) -> None:
         if self._db is not None:
-            self._db.terminate()
+            with contextlib.suppress(Exception):  # it is being thrown away either way
+                self._db.terminate()
         self._db = None
 
     async def _register(self) -> None:
@@ -232,11 +241,18 @@ class PostgresAgents:
         self._on_fenced()
 
     async def _keep(self) -> None:
-        """Renew until closed; fence on time; register anew once the database answers again."""
+        """Renew until closed; fence on time; register anew once the database answers again.
+
+        Nothing but cancellation ends this loop: a keeper that died would leave the agent
+        running its streams until its own clock fenced them, and never registering again."""
+        failed = False
         while not self._closing:
             now = time.monotonic()
             if self.lease.held:
-                await asyncio.sleep(max(0.0, self.lease.next_renewal(now) - now))
+                wait = max(0.0, self.lease.next_renewal(now) - now)
+                if failed:  # an overdue renewal is due at once: retry, but not in a tight loop
+                    wait = max(wait, min(RETRY_PAUSE, self.timing.renew_interval))
+                await asyncio.sleep(wait)
             else:
                 await asyncio.sleep(self.timing.renew_interval)
             if self._closing:
@@ -254,9 +270,16 @@ class PostgresAgents:
                     elif not await self._renew():
                         self._fence(f"incarnation {self.incarnation} was taken over or its lease ran out")
             except (*_LOST_CONNECTION, asyncpg.PostgresError) as exc:
+                failed = True
                 self._drop_connection()
                 why = str(exc) or type(exc).__name__
                 log.warning("agent %s: lease renewal failed: %s", self.spec.agent_id, why)
+            except Exception:  # a driver's surprise: a new connection next time, never a dead keeper
+                failed = True
+                self._drop_connection()
+                log.exception("agent %s: lease renewal failed", self.spec.agent_id)
+            else:
+                failed = False
             if self.lease.must_fence(time.monotonic()):
                 self._fence(f"no renewal for {self.timing.ttl - self.timing.margin:.1f} s")
 

@@ -161,6 +161,57 @@ async def test_an_agent_cut_off_fences_itself_before_its_lease_ends_then_comes_b
         proxy.stop()
 
 
+def _counted_renewals(agents: PostgresAgents, surprise: Exception | None = None) -> list[float]:
+    """Each renewal attempt's time, from now on; the first raises ``surprise`` if one is given."""
+    attempts: list[float] = []
+    renew = agents._renew
+
+    async def counted() -> bool:
+        attempts.append(time.monotonic())
+        if surprise is not None and len(attempts) == 1:
+            raise surprise
+        return await renew()
+
+    agents._renew = counted  # type: ignore[method-assign]
+    return attempts
+
+
+async def test_a_driver_error_in_a_renewal_costs_one_renewal_not_the_lease(database: str) -> None:
+    # What asyncpg raised in CI on a connection PostgreSQL had ended during a restart: not one of
+    # its connection errors. It ended the keeper, and the agent's lease ran out with it.
+    events = Events()
+    agents = _agents(database, _spec("a5"), events)
+    agents.start()
+    try:
+        surprise = asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+        attempts = _counted_renewals(agents, surprise)
+        await asyncio.sleep(TIMING.ttl * 1.5)
+        assert len(attempts) >= 3 and events.fenced == []
+        row = await _row(database, "a5")
+        assert row["leased"] and row["status"] == "alive"
+    finally:
+        await agents.close()
+
+
+async def test_a_refusing_database_is_retried_at_a_pace_not_in_a_tight_loop(
+    database: str, postgres: PostgresCluster
+) -> None:
+    proxy = TcpProxy(postgres.port).start()
+    events = Events()
+    agents = _agents(database.replace(f"127.0.0.1:{postgres.port}", proxy.address), _spec("a6"), events)
+    agents.start()
+    try:
+        attempts = _counted_renewals(agents)
+        proxy.stop()  # every connection is refused at once, as by a restarting server
+        await asyncio.sleep(TIMING.ttl - TIMING.margin - 0.2)  # the lease still held all along
+        # A renewal every renew_interval, then a retry every RETRY_PAUSE (0.1 s): about a dozen.
+        assert 2 <= len(attempts) <= 20, len(attempts)
+    finally:
+        await agents.close()
+
+
 async def test_an_agent_that_dies_without_leaving_is_lost_after_its_ttl(database: str) -> None:
     watcher = _agents(database, _spec("watcher"), Events())
     watcher.start()

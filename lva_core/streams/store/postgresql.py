@@ -141,9 +141,13 @@ MIGRATIONS: dict[int, list[str]] = {
 CHANNEL = "lva_streams"
 
 # What a dead connection raises: the server went away (restart, crash) or the network did.
+# InternalClientError too: a connection the server ended while it was idle can be left waiting
+# for the end of that error ("cannot switch to state 12; another operation (2) is in
+# progress"), and only a new connection helps.
 _CONNECTION_LOST = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
     OSError,
