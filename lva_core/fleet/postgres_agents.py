@@ -269,15 +269,14 @@ class PostgresAgents:
                         self._on_registered(self.incarnation)
                     elif not await self._renew():
                         self._fence(f"incarnation {self.incarnation} was taken over or its lease ran out")
-            except (*_LOST_CONNECTION, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # whatever it was: a new connection next time, never a dead keeper
                 failed = True
                 self._drop_connection()
-                why = str(exc) or type(exc).__name__
-                log.warning("agent %s: lease renewal failed: %s", self.spec.agent_id, why)
-            except Exception:  # a driver's surprise: a new connection next time, never a dead keeper
-                failed = True
-                self._drop_connection()
-                log.exception("agent %s: lease renewal failed", self.spec.agent_id)
+                if isinstance(exc, (*_LOST_CONNECTION, asyncpg.PostgresError)):
+                    why = str(exc) or type(exc).__name__
+                    log.warning("agent %s: lease renewal failed: %s", self.spec.agent_id, why)
+                else:  # a driver's surprise: its traceback, once per failure
+                    log.exception("agent %s: lease renewal failed", self.spec.agent_id)
             else:
                 failed = False
             if self.lease.must_fence(time.monotonic()):

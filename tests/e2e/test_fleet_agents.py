@@ -130,12 +130,17 @@ async def test_every_start_is_a_new_incarnation_and_the_old_one_is_fenced(databa
         await new.close()
 
 
+def _through_proxy(database: str, postgres: PostgresCluster) -> tuple[TcpProxy, str]:
+    """A started proxy to the cluster, and the database's URL through it."""
+    proxy = TcpProxy(postgres.port).start()
+    return proxy, database.replace(f"127.0.0.1:{postgres.port}", proxy.address)
+
+
 async def test_an_agent_cut_off_fences_itself_before_its_lease_ends_then_comes_back(
     database: str, postgres: PostgresCluster
 ) -> None:
-    proxy = TcpProxy(postgres.port).start()
+    proxy, url = _through_proxy(database, postgres)
     events = Events()
-    url = database.replace(f"127.0.0.1:{postgres.port}", proxy.address)
     agents = _agents(url, _spec("a3"), events)
     first = agents.start()
     try:
@@ -198,9 +203,9 @@ async def test_a_driver_error_in_a_renewal_costs_one_renewal_not_the_lease(datab
 async def test_a_refusing_database_is_retried_at_a_pace_not_in_a_tight_loop(
     database: str, postgres: PostgresCluster
 ) -> None:
-    proxy = TcpProxy(postgres.port).start()
+    proxy, url = _through_proxy(database, postgres)
     events = Events()
-    agents = _agents(database.replace(f"127.0.0.1:{postgres.port}", proxy.address), _spec("a6"), events)
+    agents = _agents(url, _spec("a6"), events)
     agents.start()
     try:
         attempts = _counted_renewals(agents)
